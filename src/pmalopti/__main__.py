@@ -1,0 +1,5 @@
+import sys
+
+from pmalopti.cli import main
+
+sys.exit(main())
