@@ -1,0 +1,253 @@
+"""Configuration of the built-in GRPO trainer (`pmalopti grpo`), one dataclass per concern.
+
+Every field has a docstring; choices are `Literal`s and ranges are checked on construction, so a
+built config is a valid one. The defaults are a tiny CPU run; `configs/grpo_kk_qwen2.5-3b.yaml`
+holds the paper's K&K settings (arXiv 2505.12929 §5.1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import field
+from typing import Any, Literal
+
+Agg = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ValueError(msg)
+
+
+@dataclasses.dataclass
+class TinyModelConfig:
+    """A fresh tiny model (when `model.path` is null) for CPU experiments and tests."""
+
+    arch: Literal["llama", "qwen2"] = "llama"
+    """model family of the tiny model"""
+    hidden_size: int = 64
+    """hidden size"""
+    num_layers: int = 2
+    """number of transformer blocks"""
+    num_heads: int = 4
+    """attention heads"""
+    num_kv_heads: int = 2
+    """key/value heads (grouped-query attention)"""
+    vocab_size: int = 384
+    """BPE vocabulary size of the tokenizer trained on the task's texts"""
+    sft_steps: int = 0
+    """supervised warm-up steps on prompt + reference response, so RL starts with some reward"""
+    sft_lr: float = 3e-3
+    """learning rate of the supervised warm-up"""
+    sft_batch_size: int = 32
+    """batch size of the supervised warm-up"""
+
+    def __post_init__(self):
+        for name in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "sft_batch_size"):
+            _check(getattr(self, name) >= 1, f"model.tiny.{name} must be >= 1")
+        _check(self.vocab_size >= 300, "model.tiny.vocab_size must be >= 300 (256 bytes + merges)")
+        _check(self.sft_steps >= 0, "model.tiny.sft_steps must be >= 0")
+        _check(self.sft_lr > 0, "model.tiny.sft_lr must be > 0")
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    path: str | None = None
+    """Hugging Face causal LM folder or hub id already in the local cache; null builds a tiny model"""
+    init_from: str | None = None
+    """load the policy's weights from this folder instead (PMA-init: a merged checkpoint)"""
+    param_dtype: Literal["float32", "bfloat16"] = "float32"
+    """dtype of the trained weights (float32 keeps lr 1e-6 updates from rounding away)"""
+    autocast: Literal["none", "bfloat16"] = "none"
+    """mixed-precision compute for forward passes (bfloat16 on GPUs)"""
+    ref_dtype: Literal["float32", "bfloat16"] = "float32"
+    """dtype of the frozen reference model (built only when algo.kl_coef > 0)"""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """where to train; auto picks cuda when available"""
+    gradient_checkpointing: bool = False
+    """recompute activations in the backward pass (saves memory on real models)"""
+    attn_implementation: str | None = None
+    """passed to from_pretrained (e.g. sdpa, flash_attention_2); null keeps the default"""
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    """the tiny model built when path is null"""
+
+
+@dataclasses.dataclass
+class TaskConfig:
+    name: Literal["kk", "math", "arithmetic"] = "arithmetic"
+    """task from pmalopti.tasks (rewards, prompts, difficulty)"""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """keyword arguments of get_task (e.g. {max_digits: 2})"""
+    train_path: str | None = None
+    """parquet/jsonl file(s) of training samples (comma-separated); null generates them"""
+    eval_path: str | None = None
+    """parquet/jsonl file(s) of held-out samples (comma-separated); null generates them"""
+    train_size: int | None = 2000
+    """number of training samples (null: all of train_path)"""
+    eval_size: int | None = 64
+    """number of held-out samples (null: all of eval_path)"""
+    chat: bool = False
+    """render prompts with the tokenizer's chat template (instruct models)"""
+
+    def __post_init__(self):
+        _check(self.train_size is None or self.train_size >= 1, "task.train_size must be >= 1")
+        _check(self.eval_size is None or self.eval_size >= 1, "task.eval_size must be >= 1")
+
+
+@dataclasses.dataclass
+class RolloutConfig:
+    prompts_per_step: int = 8
+    """P: prompts sampled per step"""
+    group_size: int = 8
+    """G: completions per prompt (the group of the group advantage)"""
+    temperature: float = 1.0
+    """sampling temperature T; old log-probs are computed at the same T"""
+    max_new_tokens: int = 16
+    """maximum response length in tokens"""
+    max_prompt_tokens: int = 512
+    """prompts longer than this are an error (they would be silently truncated otherwise)"""
+    stop: list[str] = field(default_factory=list)
+    """stop strings: a response ends with the token that completes one (besides eos)"""
+    engine: Literal["loop", "hf"] = "loop"
+    """sampling engine: our KV-cache loop (faster on small models) or transformers generate"""
+    batch_size: int = 256
+    """sequences generated at once (and per forward pass for old/ref log-probs)"""
+
+    def __post_init__(self):
+        _check(self.prompts_per_step >= 1, "rollout.prompts_per_step must be >= 1")
+        _check(self.group_size >= 2, "rollout.group_size must be >= 2 (a group advantage needs 2)")
+        _check(self.temperature > 0, "rollout.temperature must be > 0")
+        _check(self.max_new_tokens >= 1, "rollout.max_new_tokens must be >= 1")
+        _check(self.max_prompt_tokens >= 1, "rollout.max_prompt_tokens must be >= 1")
+        _check(self.batch_size >= 1, "rollout.batch_size must be >= 1")
+        _check(all(isinstance(s, str) and s for s in self.stop), "rollout.stop: empty stop string")
+
+
+@dataclasses.dataclass
+class AlgoConfig:
+    adv_scale: Literal["group", "none"] = "group"
+    """group: (r − mean)/(std + 1e-6) (GRPO); none: r − mean (Dr. GRPO)"""
+    alpha: float = 0.0
+    """AR: advantages scaled by (α·π_old + 1 − α); 0 is plain GRPO (paper: 0.3 K&K, 0.1 math)"""
+    eta: float | None = None
+    """Lopti threshold: tokens with π_old < η update first; null or 0 is one pass (paper: 0.5)"""
+    clip_low: float = 0.2
+    """ε_low of the clipped ratio"""
+    clip_high: float = 0.2
+    """ε_high of the clipped ratio (paper: 0.24)"""
+    clip_c: float = 10.0
+    """dual-clip constant c for negative advantages (paper: 10)"""
+    kl_coef: float = 0.0
+    """β of the k3 KL to the frozen reference (paper: 1e-3); 0 never builds the reference"""
+    agg: Agg = "token-mean"
+    """loss aggregation over the minibatch"""
+    ppo_epochs: int = 1
+    """sweeps over the rollout batch per pass"""
+    minibatch_size: int = 64
+    """sequences per optimizer step (must divide P·G)"""
+    micro_batch_size: int = 64
+    """sequences per forward/backward (gradient accumulation; must divide minibatch_size)"""
+    shuffle: bool = False
+    """shuffle sequences into minibatches (with the trainer's seeded generator)"""
+
+    def __post_init__(self):
+        _check(0.0 <= self.alpha <= 1.0, f"algo.alpha must be in [0, 1], got {self.alpha}")
+        _check(
+            self.eta is None or 0.0 <= self.eta < 1.0, f"algo.eta must be in [0, 1), got {self.eta}"
+        )
+        _check(0 <= self.clip_low < 1, "algo.clip_low must be in [0, 1)")
+        _check(self.clip_high >= 0, "algo.clip_high must be >= 0")
+        _check(self.clip_c > 1, "algo.clip_c must be > 1")
+        _check(self.kl_coef >= 0, "algo.kl_coef must be >= 0")
+        _check(self.ppo_epochs >= 1, "algo.ppo_epochs must be >= 1")
+        _check(self.minibatch_size >= 1, "algo.minibatch_size must be >= 1")
+        _check(self.micro_batch_size >= 1, "algo.micro_batch_size must be >= 1")
+        _check(
+            self.minibatch_size % self.micro_batch_size == 0,
+            f"algo.micro_batch_size {self.micro_batch_size} must divide "
+            f"algo.minibatch_size {self.minibatch_size}",
+        )
+
+    @property
+    def lopti(self) -> bool:
+        return bool(self.eta)
+
+
+@dataclasses.dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    """AdamW learning rate"""
+    weight_decay: float = 0.0
+    """AdamW weight decay"""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas"""
+    eps: float = 1e-8
+    """AdamW epsilon"""
+    max_grad_norm: float | None = 1.0
+    """gradient clipping by global norm (null: none)"""
+    warmup_steps: int = 0
+    """linear LR warm-up, in optimizer steps"""
+
+    def __post_init__(self):
+        _check(self.lr > 0, f"optim.lr must be > 0, got {self.lr}")
+        _check(self.weight_decay >= 0, "optim.weight_decay must be >= 0")
+        _check(all(0 <= b < 1 for b in self.betas), "optim.betas must be in [0, 1)")
+        _check(self.max_grad_norm is None or self.max_grad_norm > 0, "optim.max_grad_norm > 0")
+        _check(self.warmup_steps >= 0, "optim.warmup_steps must be >= 0")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    steps: int = 20
+    """rollout steps (each: P·G completions, then the update)"""
+    eval_every: int = 10
+    """greedy evaluation on the held-out set every E steps (0: only at the end)"""
+    save_every: int = 10
+    """checkpoint every S steps (0: only at the end)"""
+    keep_checkpoints: int = 2
+    """newest checkpoints kept (0: all)"""
+    diag_every: int = 0
+    """token-probability bucket diagnostics (paper Fig. 1) every K steps (0: never; costs backwards)"""
+    sample_every: int = 10
+    """print a few completions every N steps (0: never)"""
+    entropy: bool = True
+    """log the policy entropy (one extra softmax over the vocabulary per token)"""
+    tensorboard: bool = False
+    """also write TensorBoard event files"""
+    progress: bool = True
+    """progress bar on stderr"""
+
+    def __post_init__(self):
+        _check(self.steps >= 1, "train.steps must be >= 1")
+        for name in ("eval_every", "save_every", "keep_checkpoints", "diag_every", "sample_every"):
+            _check(getattr(self, name) >= 0, f"train.{name} must be >= 0")
+
+
+@dataclasses.dataclass
+class GRPOConfig:
+    """`pmalopti grpo`: GRPO with Advantage Reweighting and Lopti (arXiv 2505.12929)."""
+
+    output_dir: str = "runs/grpo-tiny"
+    """run folder: config.yaml, log.jsonl, checkpoint-<step>/ and final/"""
+    seed: int = 0
+    """seed of model init, data order and sampling"""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """policy model"""
+    task: TaskConfig = field(default_factory=TaskConfig)
+    """task and data"""
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    """sampling"""
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    """advantages, AR, Lopti, loss"""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """optimizer"""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """loop, evaluation, logging, checkpoints"""
+
+    def __post_init__(self):
+        b = self.rollout.prompts_per_step * self.rollout.group_size
+        _check(
+            b % self.algo.minibatch_size == 0,
+            f"algo.minibatch_size {self.algo.minibatch_size} must divide the rollout batch "
+            f"rollout.prompts_per_step × rollout.group_size = {b}",
+        )
