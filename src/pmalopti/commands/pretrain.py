@@ -1,0 +1,86 @@
+"""`pmalopti pretrain`: train a tiny causal LM under a WSD schedule; `--report RUN` for PMA tables."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pmalopti.config import add_config_args
+
+HELP = "pre-train a small causal LM (WSD schedule, HF checkpoints) and report PMA merges"
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "pretrain",
+        help=HELP,
+        description=HELP
+        + ". Example: pmalopti pretrain --config configs/pretrain_tiny.yaml -o runs/tiny",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_config_args(p)
+    p.add_argument(
+        "-o", "--output", metavar="RUN", help="run folder (checkpoints, metrics.jsonl, report/)"
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue RUN from its latest checkpoint (uses RUN/config.yaml unless --config is given)",
+    )
+    p.add_argument(
+        "--init-from",
+        metavar="CKPT",
+        help="start from these weights and tokenizer with a fresh optimizer (PMA-init)",
+    )
+    p.add_argument("--force", action="store_true", help="overwrite a non-empty run folder")
+    p.add_argument(
+        "--report",
+        metavar="RUN",
+        help="only (re)write the PMA report of a finished run and print its table",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from pmalopti.cli import UserError
+    from pmalopti.config import load_config
+    from pmalopti.train.loop import Interrupted
+    from pmalopti.train.pretrain import PretrainConfig, pretrain, report
+
+    if args.report:
+        run_dir = Path(args.report)
+        if not (run_dir / "config.yaml").is_file():
+            raise FileNotFoundError(f"{run_dir} is not a pretrain run folder (no config.yaml)")
+        cfg = load_config(PretrainConfig, args.config or run_dir / "config.yaml", args.overrides)
+        paths = report(run_dir, cfg)
+        print(paths["markdown"].read_text(encoding="utf-8"))
+        print(f"figure: {paths['figure']}", file=sys.stderr)
+        return 0
+    if not args.output:
+        raise UserError("-o/--output RUN is required (or --report RUN)")
+    run_dir = Path(args.output)
+    config_path = args.config
+    if args.resume and config_path is None:
+        config_path = run_dir / "config.yaml"
+        if not config_path.is_file():
+            raise FileNotFoundError(f"cannot resume: {config_path} does not exist")
+    overrides = list(args.overrides)
+    if args.init_from:
+        if not Path(args.init_from, "config.json").is_file():
+            raise FileNotFoundError(
+                f"--init-from {args.init_from}: not a Hugging Face model folder"
+            )
+        overrides.append(f"init_from={args.init_from}")
+    cfg = load_config(PretrainConfig, config_path, overrides)
+    try:
+        result = pretrain(cfg, run_dir, resume=args.resume, force=args.force)
+    except Interrupted as exc:
+        print(f"pmalopti pretrain: {exc}", file=sys.stderr)
+        return 130
+    print(
+        f"trained to step {result.step} ({result.tokens} tokens); last checkpoint {result.last_checkpoint}"
+    )
+    if cfg.report.enabled:
+        print((run_dir / "report" / "pma.md").read_text(encoding="utf-8"))
+    return 0
