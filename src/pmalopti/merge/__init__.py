@@ -10,6 +10,13 @@ _LAZY = {
     "OnlineAverager": "pmalopti.merge.online",
     "OnlineAverageConfig": "pmalopti.merge.online",
     "PMACallback": "pmalopti.merge.callback",
+    # Offline streaming merge (torch loads on first use).
+    "merge_checkpoints": "pmalopti.merge.streaming",
+    "write_hf_checkpoint": "pmalopti.merge.writer",
+    "Checkpoint": "pmalopti.merge.select",
+    "checkpoints_from_paths": "pmalopti.merge.select",
+    "discover_checkpoints": "pmalopti.merge.select",
+    "select_checkpoints": "pmalopti.merge.select",
 }
 __all__ += list(_LAZY)
 

@@ -135,23 +135,24 @@ def read_header(path: Path) -> tuple[dict[str, StoredTensor], dict[str, str]]:
     return out, {str(k): str(v) for k, v in meta.items()}
 
 
-def read_tensor(t: StoredTensor, fd: int | None = None) -> torch.Tensor:
-    """Read one tensor into fresh memory with `pread` (no mmap, so nothing stays resident)."""
+def pread_into(fd: int, offset: int, view: memoryview, what: str) -> None:
+    """Fill `view` from byte `offset` of the open file `fd` (plain reads: nothing stays mapped)."""
+    got = 0
+    while got < len(view):
+        k = os.preadv(fd, [view[got:]], offset + got)
+        if k == 0:
+            raise SafetensorsError(f"{what}: file ended early (truncated while reading)")
+        got += k
+
+
+def read_tensor(t: StoredTensor) -> torch.Tensor:
+    """One whole tensor, read into fresh memory."""
     buf = torch.empty(t.spec.nbytes, dtype=torch.uint8)  # (bytes,)
-    view = memoryview(buf.numpy())
-    own = fd is None
-    if own:
-        fd = os.open(t.file, os.O_RDONLY)
+    fd = os.open(t.file, os.O_RDONLY)
     try:
-        got = 0
-        while got < len(view):
-            k = os.preadv(fd, [view[got:]], t.offset + got)
-            if k == 0:
-                raise SafetensorsError(f"{t.file}: truncated while reading tensor {t.spec.name!r}")
-            got += k
+        pread_into(fd, t.offset, memoryview(buf.numpy()), f"{t.file}: tensor {t.spec.name!r}")
     finally:
-        if own:
-            os.close(fd)
+        os.close(fd)
     return buf.view(t.spec.dtype).reshape(t.spec.shape)
 
 

@@ -68,32 +68,90 @@ def shard_names(n: int) -> list[str]:
 
 
 class ShardWriter:
-    """Writes one safetensors file whose layout is fixed up front; tensors arrive in order."""
+    """Writes one safetensors file whose layout is fixed up front; tensors arrive in order.
+
+    `write` takes a whole tensor; `write_part` takes consecutive pieces of the flattened tensor.
+    """
 
     def __init__(self, path: Path, specs: list[TensorSpec]):
         self.path = Path(path)
         self.specs = specs
         self._next = 0
+        self._done_bytes = 0  # of the current tensor
         self._f = open(self.path, "wb")  # noqa: SIM115 -- closed in close()
         self._f.write(header_bytes(specs))
 
-    def write(self, name: str, t: torch.Tensor) -> None:
-        spec = self.specs[self._next] if self._next < len(self.specs) else None
-        if spec is None or spec != spec_of(name, t):
+    @property
+    def complete(self) -> bool:
+        return self._next == len(self.specs)
+
+    def _current(self, name: str, dtype: torch.dtype) -> TensorSpec:
+        if self.complete:
+            raise ValueError(f"{self.path.name}: unexpected extra tensor {name!r}")
+        spec = self.specs[self._next]
+        if spec.name != name or spec.dtype != dtype:
             raise ValueError(
-                f"{self.path.name}: got tensor {name!r} {list(t.shape)} {t.dtype}, expected "
-                f"{spec.name!r} {list(spec.shape)} {spec.dtype}"
-                if spec
-                else f"{self.path.name}: unexpected extra tensor {name!r}"
+                f"{self.path.name}: got tensor {name!r} ({dtype}), expected {spec.name!r} "
+                f"({spec.dtype})"
             )
-        self._f.write(tensor_bytes(t))
-        self._next += 1
+        return spec
+
+    def write(self, name: str, t: torch.Tensor) -> None:
+        spec = self._current(name, t.dtype)
+        if tuple(t.shape) != spec.shape or self._done_bytes:
+            raise ValueError(
+                f"{self.path.name}: tensor {name!r} has shape {list(t.shape)}, expected "
+                f"{list(spec.shape)}"
+            )
+        self.write_part(name, t)
+
+    def write_part(self, name: str, part: torch.Tensor) -> None:
+        spec = self._current(name, part.dtype)
+        data = tensor_bytes(part)
+        if self._done_bytes + len(data) > spec.nbytes:
+            raise ValueError(f"{self.path.name}: more data than tensor {name!r} holds")
+        self._f.write(data)
+        self._done_bytes += len(data)
+        if self._done_bytes == spec.nbytes:
+            self._next += 1
+            self._done_bytes = 0
 
     def close(self) -> None:
         missing = [s.name for s in self.specs[self._next :]]
         self._f.close()
         if missing:
             raise ValueError(f"{self.path.name}: tensors never written: {missing[:5]}")
+
+
+class ShardedWriter:
+    """Writes tensors (whole or in pieces) into planned shards and the index, in plan order."""
+
+    def __init__(self, out_dir: Path, specs: Iterable[TensorSpec], shard_size: int):
+        self.out_dir = Path(out_dir)
+        self.shards = plan_shards(specs, shard_size)
+        self.names = shard_names(len(self.shards))
+        self._i = 0
+        self._w = ShardWriter(self.out_dir / self.names[0], self.shards[0])
+
+    def _writer(self) -> ShardWriter:
+        while self._w.complete and self._i + 1 < len(self.shards):
+            self._w.close()
+            self._i += 1
+            self._w = ShardWriter(self.out_dir / self.names[self._i], self.shards[self._i])
+        return self._w
+
+    def write(self, name: str, t: torch.Tensor) -> None:
+        self._writer().write(name, t)
+
+    def write_part(self, name: str, part: torch.Tensor) -> None:
+        self._writer().write_part(name, part)
+
+    def close(self) -> None:
+        """Finish the last shard and write the index; raises if anything was left unwritten."""
+        self._writer().close()
+        if self._i + 1 < len(self.shards):
+            raise ValueError(f"shards {self.names[self._i + 1 :]} were never written")
+        write_index(self.out_dir, self.shards, self.names)
 
 
 def write_index(out_dir: Path, shards: list[list[TensorSpec]], names: list[str]) -> None:
