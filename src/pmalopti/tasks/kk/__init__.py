@@ -32,6 +32,7 @@ from pmalopti.tasks.kk.reward import MAX_SCORE, kk_reward, kk_score
 from pmalopti.tasks.kk.solve import solve, unique_solution
 
 __all__ = [
+    "MAX_SCORE",
     "KKTask",
     "PuzzleError",
     "check_puzzle",
