@@ -220,6 +220,7 @@ class OnlineAverager:
         self._merged: list[torch.Tensor] | None = None
         self._merged_step: int | None = None
         self._backup: list[torch.Tensor] | None = None
+        self._dropped: set[int] = set()  # merge points already warned about
 
     # -- schedule ---------------------------------------------------------------------------
 
@@ -268,6 +269,7 @@ class OnlineAverager:
             expected = window_steps(p, cfg.n, cfg.interval)[w.next_index]
             if expected < global_step:
                 del self._windows[p]
+                self._dropped.add(p)
                 warnings.warn(
                     f"OnlineAverager: dropped the merge at step {p}: its snapshot at step {expected} "
                     f"was never observed (step jumped to {global_step})",
@@ -279,7 +281,7 @@ class OnlineAverager:
             if i == 0:
                 self._windows[p] = _Window(p, 0, {})
             elif p not in self._windows:
-                if i == cfg.n - 1:
+                if i == cfg.n - 1 and p not in self._dropped:
                     warnings.warn(
                         f"OnlineAverager: skipped the merge at step {p}: its first snapshot "
                         f"(step {window_steps(p, cfg.n, cfg.interval)[0]}) was not observed",
@@ -288,6 +290,7 @@ class OnlineAverager:
                     )
                 continue
             folds.append((self._windows[p], i))
+        self._dropped.discard(global_step)
         if not folds:
             return False
         self._fold(folds)
