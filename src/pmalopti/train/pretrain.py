@@ -249,6 +249,74 @@ def pretrain(
         model, tok = build_model_and_tokenizer(cfg, train_texts)
         _write_jsonl(run_dir / "data" / "train.jsonl", train_texts)
         _write_jsonl(run_dir / "data" / "val.jsonl", val_texts)
+    result = _train_run(cfg, run_dir, model, tok, train_texts, resume_from=resume_from, hooks=hooks)
+    if cfg.report.enabled:
+        report(run_dir, cfg)
+    return result
+
+
+def continue_run(
+    cfg: PretrainConfig,
+    src_run: str | Path,
+    out_run: str | Path,
+    *,
+    init: str | Path,
+    step: int,
+    tokens: int,
+    optimizer_state: dict | None = None,
+    force: bool = False,
+    hooks=(),
+) -> LoopResult:
+    """Continue `src_run`'s schedule and batch order from `step` with the weights in `init`.
+
+    Used by `pmalopti recover --resume` (PMA-init after a loss spike): same data, same LR at each
+    step, only the starting weights (and optionally the optimizer state) differ.
+    """
+    import shutil
+
+    from pmalopti.train.evaluate import load_model
+    from pmalopti.train.tiny import load_tokenizer
+
+    src_run, out_run = Path(src_run), Path(out_run)
+    if out_run.exists() and any(out_run.iterdir()):
+        if not force:
+            raise FileExistsError(f"run folder {out_run} is not empty (use --force to overwrite)")
+        _clear_run(out_run)
+    for name in ("train.jsonl", "val.jsonl"):
+        if not (src_run / "data" / name).is_file():
+            raise FileNotFoundError(
+                f"{src_run}/data/{name} is missing; was {src_run} made by pmalopti pretrain?"
+            )
+        (out_run / "data").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src_run / "data" / name, out_run / "data" / name)
+    model, tok = load_model(init), load_tokenizer(init)
+    train_texts = read_texts(out_run / "data" / "train.jsonl")
+    return _train_run(
+        cfg,
+        out_run,
+        model,
+        tok,
+        train_texts,
+        start_step=step,
+        start_tokens=tokens,
+        optimizer_state=optimizer_state,
+        hooks=hooks,
+    )
+
+
+def _train_run(
+    cfg: PretrainConfig,
+    run_dir: Path,
+    model,
+    tok,
+    train_texts: list[str],
+    *,
+    resume_from: Path | None = None,
+    start_step: int = 0,
+    start_tokens: int = 0,
+    optimizer_state: dict | None = None,
+    hooks=(),
+) -> LoopResult:
     save_config(cfg, run_dir / "config.yaml")
     blocks = tokenize_blocks(train_texts, tok, cfg.data.block_size)
     val = val_blocks_of(run_dir, tok, cfg.data.block_size, cfg.data.max_val_blocks)
@@ -274,10 +342,11 @@ def pretrain(
         schedule_cfg=cfg.schedule,
         val_batches=val_batches,
         resume_from=resume_from,
+        start_step=start_step,
+        start_tokens=start_tokens,
+        optimizer_state=optimizer_state,
         hooks=hooks,
     )
-    if cfg.report.enabled:
-        report(run_dir, cfg)
     return result
 
 

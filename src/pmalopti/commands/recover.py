@@ -1,0 +1,110 @@
+"""`pmalopti recover`: find a loss spike, merge the checkpoints before it, optionally resume."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+HELP = "recover from a loss spike: merge the N checkpoints before it (PMA-init) and resume"
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "recover",
+        help=HELP,
+        description=HELP
+        + ". Example: pmalopti recover --run-dir runs/spiky --last 4 -o runs/spiky-pma --resume",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--run-dir", required=True, metavar="RUN", help="a pmalopti pretrain run folder")
+    p.add_argument(
+        "--spike-step",
+        type=int,
+        metavar="S",
+        help="the spike's step (default: detect it in RUN/metrics.jsonl)",
+    )
+    p.add_argument(
+        "--last",
+        type=int,
+        required=True,
+        metavar="N",
+        help="merge the N newest checkpoints saved before the spike",
+    )
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="merged checkpoint folder")
+    p.add_argument("--method", default="sma", help="sma, wma or ema:<alpha>")
+    p.add_argument(
+        "--factor", type=float, default=2.0, help="spike rule: loss > FACTOR x rolling median"
+    )
+    p.add_argument(
+        "--window",
+        type=int,
+        default=20,
+        help="spike rule: median of the previous WINDOW logged losses",
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue training from the merged weights"
+    )
+    p.add_argument(
+        "--resume-dir", metavar="DIR", help="run folder for --resume (default: OUT-resumed)"
+    )
+    p.add_argument(
+        "--optimizer",
+        choices=["fresh", "newest"],
+        default="fresh",
+        help="--resume: fresh AdamW state (PMA-init) or the newest merged checkpoint's",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="--resume: override a field of RUN/config.yaml, e.g. train.steps=800",
+    )
+    p.add_argument("--force", action="store_true", help="overwrite OUT (and the resume folder)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from pmalopti.merge.weights import merge_weights
+    from pmalopti.train.loop import Interrupted
+    from pmalopti.train.recover import merge_before_spike, resume_from_merge
+
+    name, _, alpha = args.method.partition(":")
+    merge_weights(name, 1, float(alpha) if alpha else None)  # validate before any work
+    rec = merge_before_spike(
+        args.run_dir,
+        args.output,
+        last=args.last,
+        spike_step=args.spike_step,
+        factor=args.factor,
+        window=args.window,
+        method=args.method,
+        force=args.force,
+    )
+    if rec.spike is not None:
+        print(rec.spike.describe())
+    else:
+        print(f"loss spike at step {rec.spike_step} (given)")
+    listing = ", ".join(
+        f"checkpoint-{s} ({w:.3f})" for (s, _), w in zip(rec.merged, rec.weights, strict=True)
+    )
+    print(f"merged {len(rec.merged)} checkpoints with {args.method}: {listing} -> {rec.out}")
+    if not args.resume:
+        return 0
+    resume_dir = Path(args.resume_dir or f"{rec.out}-resumed")
+    try:
+        result = resume_from_merge(
+            rec,
+            args.run_dir,
+            resume_dir,
+            optimizer=args.optimizer,
+            overrides=args.overrides,
+            force=args.force,
+        )
+    except Interrupted as exc:
+        print(f"pmalopti recover: {exc}", file=sys.stderr)
+        return 130
+    print(f"resumed from step {rec.merged[-1][0]} to step {result.step} in {resume_dir}")
+    return 0
