@@ -62,8 +62,10 @@ def _check_range(people: int, people_max: int, depth: int, width: int, test_perc
             f"people: need {MIN_PEOPLE} <= people <= people_max <= {MAX_PEOPLE}, "
             f"got people={people}, people_max={people_max}"
         )
-    if not 1 <= depth <= 3:
-        raise ValueError(f"depth: {depth} is not in 1..3")
+    if not 2 <= depth <= 3:
+        # Leaf-only statements are parity constraints that flipping every role preserves,
+        # so depth 1 never has a unique solution.
+        raise ValueError(f"depth: {depth} is not in 2..3")
     if not 2 <= width <= 4:
         raise ValueError(f"width: {width} is not in 2..4")
     if not 0 <= test_percent <= 50:

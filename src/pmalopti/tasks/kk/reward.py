@@ -47,7 +47,9 @@ def extract_answer(text: str) -> str | None:
 
 @lru_cache(maxsize=4096)
 def _role_pattern(name: str) -> re.Pattern[str]:
-    return re.compile(rf"\b{re.escape(name)}\b\s+is\s+a\s+(knight|knave)", re.IGNORECASE)
+    # Possessive `\s++` (Python 3.11+) matches exactly what `\s+` does here (each is followed by a
+    # letter), but never gives whitespace back, so a long run of spaces is scanned once.
+    return re.compile(rf"\b{re.escape(name)}\b\s++is\s++a\s++(knight|knave)", re.IGNORECASE)
 
 
 def parse_answer(answer: str, names: Sequence[str]) -> dict[str, bool] | None:

@@ -69,8 +69,8 @@ def solve(statements: tuple[Tree, ...] | str, n: int | None = None) -> list[tupl
 
     `statements` is a tree tuple or the published text form.
 
-    >>> solve("(('lying', 1), ('telling-truth', 0))")
-    [(False, True)]
+    >>> solve("(('telling-truth', 1), ('and', ('lying', 0), ('telling-truth', 1)))")
+    [(False, False)]
     """
     if isinstance(statements, str):
         statements = parse_statements(statements)
