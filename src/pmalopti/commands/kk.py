@@ -37,6 +37,12 @@ def register(subparsers) -> None:
     g.add_argument("--depth", type=int, default=2, help="statement depth limit (leaf = 1)")
     g.add_argument("--width", type=int, default=2, help="most operands of and/or")
     g.add_argument("--test-percent", type=int, default=10, help="share of puzzles in 'test'")
+    g.add_argument(
+        "--max-tries",
+        type=int,
+        default=20_000,
+        help="give up after this many draws in a row without a new puzzle (default 20000)",
+    )
     g.add_argument("-o", "--output", required=True, help="output .parquet or .jsonl")
     g.add_argument("--force", action="store_true", help="replace an existing output")
     g.set_defaults(func=run_generate)
@@ -77,6 +83,7 @@ def run_generate(args) -> int:
         depth=args.depth,
         width=args.width,
         test_percent=args.test_percent,
+        max_tries=args.max_tries,
         progress=sys.stderr.isatty(),
     )
     write_puzzles(records, out, force=args.force)

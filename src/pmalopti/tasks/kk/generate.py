@@ -100,6 +100,8 @@ def iter_puzzles(
     if split == "test" and test_percent == 0:
         raise ValueError("test_percent: 0 leaves no puzzle in the test split")
     max_tries = 20_000 if max_tries is None else max_tries
+    if max_tries < 1:
+        raise ValueError(f"max_tries: {max_tries} must be at least 1")
     rng = random.Random(f"kk/{seed}")
     seen: set[str] = set()
     fails = 0
