@@ -400,9 +400,9 @@ class GRPOTrainer:
                         else {}
                     ),
                 )
-                if (t.save_every and self.step % t.save_every == 0) or last or self._stop:
-                    if self.run_dir is not None:
-                        self.save()
+                due = (t.save_every and self.step % t.save_every == 0) or last or self._stop
+                if due and self.run_dir is not None:
+                    self.save()
             self.interrupted = self._stop and self.step < t.steps
         bar.close()
         if self._tb is not None:

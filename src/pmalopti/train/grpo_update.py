@@ -29,10 +29,10 @@ from torch import Tensor
 
 from pmalopti.rl import (
     exact_bucket_grad_norms,
-    loss_denominator,
     lopti_passes,
-    low_token_fraction,
     lopti_split,
+    loss_denominator,
+    low_token_fraction,
     policy_loss,
     token_prob_diagnostics,
 )
@@ -133,7 +133,7 @@ def update_policy(
                         loss_scale_factor=loss_scale_factor,
                     )
                     loss.backward()
-                    step_sums["actor/loss"] += float(loss)
+                    step_sums["actor/loss"] += loss.item()
                     n_tok = float(mask[mc].sum())
                     for k, v in m.items():
                         if k in ("actor/pg_loss", "actor/kl_loss"):

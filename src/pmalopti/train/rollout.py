@@ -19,7 +19,13 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
-from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    DynamicCache,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
 
 
 @dataclasses.dataclass
@@ -95,10 +101,8 @@ class StopStrings:
         """Which of `rows` (indices) complete a stop string with token `t`: (len(rows),) bool."""
         lo = max(0, t + 1 - self.window)
         tails = self.tokenizer.batch_decode(tokens[rows, lo : t + 1].tolist())
-        if lo == 0:
-            return torch.tensor([any(s in x for s in self.stops) for x in tails], dtype=torch.bool)
         # Without the last token the window must not already hold the stop string (else it
-        # ended earlier); decoding both tails keeps multi-token stop strings exact.
+        # ended earlier); comparing both tails keeps multi-token stop strings exact.
         prev = self.tokenizer.batch_decode(tokens[rows, lo:t].tolist())
         return torch.tensor(
             [
@@ -199,6 +203,19 @@ def sample_loop(
     return _finish(tokenizer, prompt_ids, prompt_mask, tokens, lengths, ~done, pad)
 
 
+class _HFStop(StoppingCriteria):
+    """Our stop-string rule inside `generate` (its own `stop_strings` also match across the
+    prompt/response boundary, which would end a response before it starts)."""
+
+    def __init__(self, stops: StopStrings, prompt_len: int):
+        self.stops, self.prompt_len = stops, prompt_len
+
+    def __call__(self, input_ids: Tensor, scores: Tensor, **kwargs) -> Tensor:
+        resp = input_ids[:, self.prompt_len :]  # (B, t + 1)
+        rows = torch.arange(resp.shape[0], device=resp.device)
+        return self.stops.hits(resp, resp.shape[1] - 1, rows).to(resp.device)
+
+
 @torch.no_grad()
 def sample_hf(
     model: PreTrainedModel,
@@ -216,6 +233,7 @@ def sample_hf(
     del generator  # generate() has no generator argument
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids(tokenizer)[0]
     eos = eos_ids(tokenizer, model)
+    stops = StopStrings(tokenizer, stop)
     kw = (
         {"do_sample": False}
         if greedy
@@ -227,13 +245,13 @@ def sample_hf(
         max_new_tokens=max_new_tokens,
         eos_token_id=eos,
         pad_token_id=pad,
-        stop_strings=list(stop) or None,
-        tokenizer=tokenizer if stop else None,
+        stopping_criteria=StoppingCriteriaList(
+            [_HFStop(stops, prompt_ids.shape[1])] if stop else []
+        ),
         **kw,
     )
     tokens = out[:, prompt_ids.shape[1] :]  # (B, N')
     b, n = tokens.shape
-    stops = StopStrings(tokenizer, stop)
     lengths = torch.full((b,), n, dtype=torch.long, device=tokens.device)
     done = torch.zeros(b, dtype=torch.bool, device=tokens.device)
     eos_t = torch.tensor(eos, device=tokens.device)

@@ -1,0 +1,131 @@
+"""Rollouts: our KV-cache sampler against transformers.generate, stop strings, padded scoring."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pmalopti.train.rollout import (
+    StopStrings,
+    response_logprobs,
+    sample_hf,
+    sample_loop,
+    tokenize_prompts,
+)
+from pmalopti.train.tiny import tiny_model_and_tokenizer
+
+
+@pytest.fixture(scope="module")
+def lm():
+    model, tok = tiny_model_and_tokenizer(seed=1, hidden_size=32, num_layers=2, num_heads=4)
+    with torch.no_grad():
+        model.model.norm.weight.mul_(10.0)
+    return model.eval(), tok
+
+
+PROMPTS = ["1 + 3 =", "12 + 17 = 29\nthe", "knight", "40 + 3 = 43\n7 + 17 ="]
+
+
+def test_greedy_loop_decodes_the_same_tokens_as_transformers_generate(lm):
+    model, tok = lm
+    ids, mask = tokenize_prompts(tok, PROMPTS, 64, "cpu")
+    ours = sample_loop(model, tok, ids, mask, max_new_tokens=10, greedy=True)
+    theirs = sample_hf(model, tok, ids, mask, max_new_tokens=10, greedy=True)
+    assert torch.equal(ours.response_ids, theirs.response_ids)
+    assert torch.equal(ours.response_mask, theirs.response_mask)
+    assert ours.texts == theirs.texts
+
+
+def test_left_padding_does_not_change_a_rows_log_probs(lm):
+    model, tok = lm
+    ids, mask = tokenize_prompts(tok, PROMPTS, 64, "cpu")
+    g = torch.Generator().manual_seed(0)
+    roll = sample_loop(model, tok, ids, mask, max_new_tokens=8, temperature=0.7, generator=g)
+    with torch.no_grad():
+        batched, _ = response_logprobs(
+            model, ids, mask, roll.response_ids, roll.response_mask, temperature=0.7
+        )
+        for i in range(len(PROMPTS)):
+            keep = mask[i].bool()
+            n = int(roll.response_mask[i].sum())
+            alone, _ = response_logprobs(
+                model,
+                ids[i : i + 1, keep],
+                mask[i : i + 1, keep],
+                roll.response_ids[i : i + 1, :n],
+                roll.response_mask[i : i + 1, :n],
+                temperature=0.7,
+            )
+            torch.testing.assert_close(batched[i, :n], alone[0], rtol=1e-4, atol=1e-5)
+
+
+def test_sampled_tokens_follow_the_tempered_distribution_of_the_scoring_pass(lm):
+    model, tok = lm
+    ids, mask = tokenize_prompts(tok, ["1 + 3 ="] * 4000, 64, "cpu")
+    g = torch.Generator().manual_seed(0)
+    roll = sample_loop(model, tok, ids, mask, max_new_tokens=1, temperature=1.5, generator=g)
+    with torch.no_grad():
+        logits = model(input_ids=ids[:1], attention_mask=mask[:1]).logits[0, -1]
+    p = torch.softmax(logits / 1.5, -1)  # (V,)
+    top = p.topk(3).indices
+    freq = torch.stack([(roll.response_ids[:, 0] == t).float().mean() for t in top])
+    # 4000 draws: the binomial standard error is below 0.008 for every p.
+    torch.testing.assert_close(freq, p[top], atol=0.03, rtol=0)
+
+
+def test_a_response_ends_with_the_token_that_completes_a_stop_string(lm):
+    model, tok = lm
+    ids, mask = tokenize_prompts(tok, PROMPTS, 64, "cpu")
+    free = sample_loop(model, tok, ids, mask, max_new_tokens=12, greedy=True)
+    text = free.texts[0]
+    stop = text[3:6] if len(text) >= 6 else text[-2:]
+    cut = sample_loop(model, tok, ids, mask, max_new_tokens=12, greedy=True, stop=[stop])
+    n = int(cut.lengths[0])
+    assert stop in cut.texts[0] and stop not in tok.decode(cut.response_ids[0, : n - 1])
+    assert torch.equal(cut.response_ids[0, :n], free.response_ids[0, :n])
+    assert not cut.response_mask[0, n:].any() and not cut.truncated[0]
+    hf = sample_hf(model, tok, ids, mask, max_new_tokens=12, greedy=True, stop=[stop])
+    assert torch.equal(hf.lengths, cut.lengths)
+
+
+def test_stop_strings_spanning_several_tokens_are_found_once(lm):
+    _, tok = lm
+    text = "the knight and the knave"
+    toks = torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])
+    stops = StopStrings(tok, ["and the"])
+    hit = [bool(stops.hits(toks, t, torch.tensor([0]))[0]) for t in range(toks.shape[1])]
+    assert sum(hit) == 1
+    first = hit.index(True)
+    assert "and the" in tok.decode(toks[0, : first + 1]) and "and the" not in tok.decode(
+        toks[0, :first]
+    )
+
+
+def test_eos_ends_a_response_is_kept_in_its_mask_and_the_rest_is_padding(lm):
+    model, tok = lm
+    ids, mask = tokenize_prompts(tok, PROMPTS, 64, "cpu")
+    eos = tok.eos_token_id
+
+    def favour_eos_in_rows_0_and_2(module, inputs, logits):
+        logits = logits.clone()
+        logits[[0, 2], :, eos] += 1e3
+        return logits
+
+    handle = model.lm_head.register_forward_hook(favour_eos_in_rows_0_and_2)
+    try:
+        roll = sample_loop(model, tok, ids, mask, max_new_tokens=5, temperature=1.0)
+    finally:
+        handle.remove()
+    assert roll.lengths.tolist()[0] == 1 and roll.lengths.tolist()[2] == 1
+    assert roll.response_ids[0, 0] == eos and roll.texts[0] == ""
+    assert roll.response_mask[0].tolist() == [True] + [False] * 4
+    assert (roll.response_ids[0, 1:] == tok.pad_token_id).all()
+    for i in (1, 3):  # rows without a large eos logit: eos is rare, most run to the limit
+        n = int(roll.lengths[i])
+        assert roll.truncated[i] == (eos not in roll.response_ids[i, :n].tolist())
+
+
+def test_over_long_prompts_are_refused_with_their_length(lm):
+    _, tok = lm
+    with pytest.raises(ValueError, match=r"more than rollout\.max_prompt_tokens=2"):
+        tokenize_prompts(tok, ["1 + 3 = 4 and more"], 2, "cpu")
