@@ -70,6 +70,9 @@ class PmaloptiPolicyLossConfig(PolicyLossConfig):
     """Lopti threshold η in [0, 1): tokens with π_old < η are updated first. 0 disables Lopti."""
 
     def __post_init__(self):
+        parent_post_init = getattr(super(), "__post_init__", None)
+        if parent_post_init is not None:
+            parent_post_init()
         if not 0.0 <= self.ar_alpha <= 1.0:
             raise ValueError(f"policy_loss.ar_alpha must be in [0, 1]; got {self.ar_alpha}")
         if not 0.0 <= self.lopti_eta < 1.0:
@@ -191,7 +194,9 @@ def lopti_ppo_loss(config: Any, model_output: dict, data: Any, dp_group: Any = N
     loss = loss - removed * config.kl_loss_coef
     old = metrics.get("kl_loss")
     if isinstance(old, Metric):
-        metrics["kl_loss"] = Metric(value=old.value - removed.detach(), aggregation=old.aggregation)
+        kept = [v - float(removed.detach()) for v in old.values]  # one value per micro-batch call
+        metrics["kl_loss"] = Metric(aggregation=old.aggregation)
+        metrics["kl_loss"].extend(kept)
     return loss, metrics
 
 
