@@ -16,13 +16,13 @@ import torch
 
 pytest.importorskip("trl")
 
-from datasets import Dataset  # noqa: E402
-from transformers import AutoModelForCausalLM, TrainerCallback  # noqa: E402
-from trl import GRPOTrainer  # noqa: E402
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, TrainerCallback
+from trl import GRPOTrainer
 
-from pmalopti.integrations.trl import LoptiGRPOConfig, LoptiGRPOTrainer  # noqa: E402
-from pmalopti.rl import group_advantages, policy_loss, reweight_advantages  # noqa: E402
-from pmalopti.train.tiny import tiny_model_and_tokenizer  # noqa: E402
+from pmalopti.integrations.trl import LoptiGRPOConfig, LoptiGRPOTrainer
+from pmalopti.rl import group_advantages, policy_loss, reweight_advantages
+from pmalopti.train.tiny import tiny_model_and_tokenizer
 
 TEMPERATURE = 0.7
 ETA = 0.5
