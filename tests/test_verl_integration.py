@@ -246,7 +246,8 @@ class _ParentTrainer:
     def _update_actor(self, batch, metrics):
         padded = TensorDict(dict(self.tq.fields), batch_size=len(batch)).to_padded_tensor()
         self.seen.append({k: padded[k].clone() for k in padded.keys()})  # noqa: SIM118
-        metrics.update({"actor/pg_loss": float(len(self.seen)), "actor/grad_norm": 1.0})
+        n = float(len(self.seen))
+        metrics.update({"actor/pg_loss": n, "actor/kl_loss": n / 10, "actor/grad_norm": n})
         return batch
 
 
@@ -278,7 +279,9 @@ def test_trainer_mixin_runs_update_actor_twice_low_pass_first_and_restores_advan
     restored = TensorDict(dict(tq.fields), batch_size=B).to_padded_tensor()
     torch.testing.assert_close(restored["advantages"], adv)
     assert metrics["actor/lopti_low/pg_loss"] == 1.0 and metrics["actor/lopti_high/pg_loss"] == 2.0
-    assert metrics["actor/pg_loss"] == 1.5
+    assert metrics["actor/pg_loss"] == 3.0  # pass objectives add up
+    assert metrics["actor/kl_loss"] == pytest.approx(0.3)
+    assert metrics["actor/grad_norm"] == 1.5  # not additive: averaged
     assert metrics["actor/lopti_low_token_frac"] == pytest.approx(
         float(low.sum() / high.logical_or(low).sum())
     )

@@ -217,9 +217,9 @@ class LoptiTrainerMixin:
     `_update_actor` reads advantages/π_old/response_mask of the rollout batch, writes pass 1's
     masked advantages and KL mask, runs the parent `_update_actor` (one sweep over all
     minibatches, one optimizer step each), then does the same for pass 2, and finally restores
-    the full advantages for verl's metrics. Metrics are the mean of both passes, plus
-    ``actor/lopti_low_token_frac`` and each pass's ``actor/pg_loss`` under
-    ``actor/lopti_<pass>/pg_loss``. With η = 0 it is the parent update, unchanged.
+    the full advantages for verl's metrics. Losses and clip fractions are summed over the
+    passes (they add up to the single-pass values), other metrics averaged; plus
+    ``actor/lopti_low_token_frac`` and ``actor/lopti_<pass>/pg_loss``. With η = 0 it is the parent update, unchanged.
 
     Note: verl advances the LR scheduler once per `update_actor` call, so with Lopti the
     scheduler steps twice per rollout batch (matters only for warmup/decay schedules).
@@ -277,16 +277,28 @@ class LoptiTrainerMixin:
         return batch
 
 
+# Per-pass values of these add up to the single-pass value: the pass objectives sum to the
+# single-pass objective, and tokens with zeroed advantages are never counted as clipped.
+_ADDITIVE_METRICS = (
+    "actor/pg_loss",
+    "actor/kl_loss",
+    "actor/pg_clipfrac",
+    "actor/pg_clipfrac_lower",
+)
+
+
 def _merge_pass_metrics(pass_metrics: list[tuple[str, dict]]) -> dict:
-    """Mean of each numeric metric over the passes (last value otherwise), plus per-pass pg_loss."""
+    """Additive metrics summed over the passes, other numbers averaged, plus per-pass pg_loss."""
     merged: dict = {}
     for _, m in pass_metrics:
         for k, v in m.items():
             merged.setdefault(k, []).append(v)
-    out = {
-        k: sum(v) / len(v) if all(isinstance(x, numbers.Real) for x in v) else v[-1]
-        for k, v in merged.items()
-    }
+    out: dict = {}
+    for k, v in merged.items():
+        if not all(isinstance(x, numbers.Real) for x in v):
+            out[k] = v[-1]
+        else:
+            out[k] = sum(v) if k in _ADDITIVE_METRICS else sum(v) / len(v)
     for name, m in pass_metrics:
         if "actor/pg_loss" in m:
             out[f"actor/lopti_{name}/pg_loss"] = m["actor/pg_loss"]
