@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import random
 import shutil
 import sys
 from pathlib import Path
@@ -56,7 +57,11 @@ def _samples(task, split: str, path: str | None, n: int | None, seed: int) -> li
         if not Path(part).exists():
             raise FileNotFoundError(f"task.{split}_path: {part} does not exist")
         out += task.samples(split, n=None, seed=seed, path=part)
-    return out if n is None else out[:n]
+    if n is None or n >= len(out):
+        return out
+    # A seeded subset across all files (a prefix would take only the first file's puzzles).
+    keep = sorted(random.Random(seed).sample(range(len(out)), n))
+    return [out[i] for i in keep]
 
 
 def _check_same_experiment(saved: dict, now: dict) -> None:
