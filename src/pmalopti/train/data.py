@@ -121,7 +121,9 @@ def read_texts(path: str | Path, text_field: str = "text") -> list[str]:
 
 def _field(row: object, field: str, where: str) -> str:
     if not isinstance(row, dict) or field not in row:
-        raise ValueError(f"{where}: expected a JSON object with a {field!r} field")
+        raise ValueError(
+            f"{where}: no field {field!r} in this JSON line (choose one with --text-field / data.text_field)"
+        )
     return str(row[field])
 
 

@@ -67,6 +67,10 @@ class ModelConfig:
             raise ValueError(
                 f"model.num_heads {self.num_heads} must be divisible by model.num_kv_heads {self.num_kv_heads}"
             )
+        if (self.hidden_size // self.num_heads) % 2:
+            raise ValueError(
+                f"model.hidden_size / model.num_heads = {self.hidden_size // self.num_heads} must be even (rotary embeddings)"
+            )
         if self.vocab_size < 260:
             raise ValueError(
                 f"model.vocab_size must be >= 260 (256 bytes + specials), got {self.vocab_size}"
