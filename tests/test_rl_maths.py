@@ -6,6 +6,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pmalopti.rl import (
     AGG_MODES,
@@ -262,3 +264,22 @@ def test_two_micro_batches_with_the_minibatch_denominator_give_the_one_batch_gra
         summed = [s + g for s, g in zip(summed, _grad(lin, loss), strict=True)]
     for a, b in zip(whole, summed, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    eta=st.floats(0.05, 0.95),
+    alpha=st.floats(0.0, 1.0),
+    agg=st.sampled_from(AGG_MODES),
+)
+def test_lopti_pass_losses_add_up_to_the_single_pass_loss(seed, eta, alpha, agg):
+    logp, old, adv, ref, mask = _random_case(seed)
+    adv_ar = reweight_advantages(adv, old, alpha)
+    kw = dict(ref_logprobs=ref, kl_coef=0.1, agg=agg, clip_c=3.0, denom=loss_denominator(mask, agg))
+    base, _ = policy_loss(logp, old, adv_ar, mask, **kw)
+    passes = lopti_passes(adv_ar, old, mask, eta)
+    total = sum(
+        policy_loss(logp, old, p.advantages, mask, kl_mask=p.kl_mask, **kw)[0] for p in passes
+    )
+    torch.testing.assert_close(total, base, rtol=1e-12, atol=1e-12)

@@ -32,7 +32,8 @@ def group_advantages(
         )
     if scale not in ("group", "none"):
         raise ValueError(f"scale: {scale!r} is not allowed; choose 'group' or 'none'")
-    r = rewards.detach().float().view(-1, group_size)  # (P, G)
+    dtype = rewards.dtype if rewards.is_floating_point() else torch.float32
+    r = rewards.detach().to(dtype).view(-1, group_size)  # (P, G)
     if group_size == 1:
         mean = torch.zeros_like(r)  # (P, 1)
         std = torch.ones_like(r)
@@ -40,7 +41,7 @@ def group_advantages(
         mean = r.mean(dim=1, keepdim=True)  # (P, 1)
         std = r.std(dim=1, keepdim=True)  # (P, 1), unbiased
     adv = r - mean if scale == "none" else (r - mean) / (std + eps)  # (P, G)
-    return adv.reshape(-1).to(rewards.dtype if rewards.is_floating_point() else torch.float32)
+    return adv.reshape(-1)
 
 
 def reweight_advantages(advantages: Tensor, old_logprobs: Tensor, alpha: float) -> Tensor:
