@@ -90,8 +90,8 @@ def exact_bucket_grad_norms(
         if not bm.any():
             continue
         grads = torch.autograd.grad(loss_fn(bm), params, retain_graph=True, allow_unused=True)
-        sq = sum(float(g.detach().double().square().sum()) for g in grads if g is not None)
-        norms[b] = sq**0.5
+        sq = [g.detach().double().square().sum() for g in grads if g is not None]
+        norms[b] = float(torch.stack(sq).sum().sqrt()) if sq else 0.0
     return norms
 
 

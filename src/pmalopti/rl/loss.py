@@ -136,16 +136,15 @@ def policy_loss(
     pg_mat = torch.where(adv < 0, torch.minimum(clipped, loss3), clipped)  # (B, T)
     pg_loss = aggregate(pg_mat, m, agg, denom=denom, loss_scale_factor=loss_scale_factor)
 
-    with torch.no_grad():
-        metrics = {
-            "actor/pg_loss": pg_loss.item(),
-            "actor/pg_clipfrac": masked_mean((loss2 > loss1).to(logprobs.dtype), m).item(),
-            "actor/pg_clipfrac_lower": masked_mean(
-                ((clipped > loss3) & (adv < 0)).to(logprobs.dtype), m
-            ).item(),
-            "actor/ppo_kl": masked_mean(-log_ratio, m).item(),
-        }
-
+    # metric tensors are gathered and moved to the host once: one device sync per call
+    stats: dict[str, Tensor] = {
+        "actor/pg_loss": pg_loss.detach(),
+        "actor/pg_clipfrac": masked_mean((loss2 > loss1).to(logprobs.dtype), m),
+        "actor/pg_clipfrac_lower": masked_mean(
+            ((clipped > loss3) & (adv < 0)).to(logprobs.dtype), m
+        ),
+        "actor/ppo_kl": masked_mean(-log_ratio.detach(), m),
+    }
     loss = pg_loss
     if ref_logprobs is not None and kl_coef != 0:
         km = m if kl_mask is None else m & as_bool_mask("kl_mask", kl_mask)  # (B, T)
@@ -153,10 +152,12 @@ def policy_loss(
         kl_mat = torch.where(km, kl, torch.zeros((), dtype=kl.dtype, device=kl.device))
         kl_loss = aggregate(kl_mat, m, agg, denom=denom, loss_scale_factor=loss_scale_factor)
         loss = pg_loss + kl_coef * kl_loss
-        metrics["actor/kl"] = masked_mean(kl.detach(), km).item()
-        metrics["actor/kl_loss"] = kl_loss.item()
+        stats["actor/kl"] = masked_mean(kl.detach(), km)
+        stats["actor/kl_loss"] = kl_loss.detach()
     if entropy is not None:
-        metrics["actor/entropy"] = masked_mean(entropy.detach(), m).item()
+        stats["actor/entropy"] = masked_mean(entropy.detach(), m)
+    values = torch.stack([v.detach().to(torch.float64) for v in stats.values()]).tolist()
+    metrics = dict(zip(stats, values, strict=True))
     return loss, metrics
 
 
