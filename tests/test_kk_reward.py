@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import re
 import time
 
 import pyarrow.parquet as pq
@@ -11,7 +12,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pmalopti.tasks import get_task
-from pmalopti.tasks.kk.reward import extract_answer, format_ok, kk_reward, kk_score, parse_answer
+from pmalopti.tasks.kk.reward import (
+    _name_ends,
+    _role_words,
+    _search_role,
+    extract_answer,
+    format_ok,
+    kk_reward,
+    kk_score,
+    parse_answer,
+    role_pattern,
+)
 
 KK_FILES = sorted(glob.glob("/work/shared/data/kk/*.parquet"))
 NAMES = ["Ada", "Bruno", "Clara"]
@@ -156,6 +167,59 @@ def test_tag_soup_never_raises_and_scores_3_only_when_correct(parts):
         )
 
 
+def _logic_rl_parse(answer, names):
+    """Logic-RL's parse_model_answer, verbatim in behaviour: the reference for `parse_answer`."""
+    if answer.lower().count("knight") + answer.lower().count("knave") != len(names):
+        return None
+    roles = {}
+    for name in names:
+        m = re.search(rf"\b{re.escape(name)}\b\s+is\s+a\s+(knight|knave)", answer, re.IGNORECASE)
+        if m is None:
+            return None
+        roles[name] = m.group(1).lower() == "knight"
+    return roles
+
+
+NAME_SETS = [["Ada", "Bruno", "Clara"], ["Jo.", "Zoë", "Mary Ann"]]
+# A name ending in "." never matches Logic-RL's `\bName\b\s+` (no boundary between "." and " ").
+WORD_NAME_SETS = [["Ada", "Bruno", "Clara"], ["Zoë", "Mary Ann", "Ines"]]
+PIECES = [
+    "Ada", "ada", "ADA", "Adam", "xAda", "Bruno", "Clara", "Jo.", "jo.", "Zoë", "ZOË", "Mary Ann",
+    "Mary  Ann", " ", "  ", "\n", "\t", "is", "IS", "Is", "a", "A", "an", "knight", "Knave",
+    "KNIGHT", "knights", "knave", ",", ".", "(1)", "_", "é", " is a ", " is  a\t", "\nIS A ",
+    " is an ", "is a ", " is a", " Is a  ",
+]  # fmt: skip
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from(NAME_SETS), st.lists(st.sampled_from(PIECES), max_size=30))
+def test_answer_parsing_equals_logic_rl_regex_search_on_random_answers(names, parts):
+    text = "".join(parts)
+    assert parse_answer(text, names) == _logic_rl_parse(text, names)
+    # The backwards search from role words finds what a forward regex search finds, whatever
+    # the number of role words.
+    ends = _name_ends(text, _role_words(text, text.lower()))
+    for name in names:
+        m = role_pattern(name).search(text)
+        assert _search_role(text, name, ends) == (None if m is None else m[1].lower() == "knight")
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.sampled_from(WORD_NAME_SETS),
+    st.permutations([0, 1, 2]),
+    st.lists(st.booleans(), min_size=3, max_size=3),
+    st.sampled_from([" ", "\n", "  \t", ", "]),
+)
+def test_answer_parsing_equals_logic_rl_on_well_formed_answers(names, order, roles, sep):
+    text = sep.join(f"{names[i]} is a {'knight' if roles[i] else 'knave'}" for i in order)
+    assert (
+        parse_answer(text, names)
+        == _logic_rl_parse(text, names)
+        == dict(zip(names, roles, strict=True))
+    )
+
+
 HOSTILE = {
     "spaces after a name": wrap("Ada" + " " * 1_000_000 + "knight knave knave"),
     "names without roles": wrap("Ada is a " * 120_000 + "knight knave knave"),
@@ -173,7 +237,7 @@ def test_megabyte_hostile_responses_are_scored_well_under_a_second(name):
     assert len(text) >= 1_000_000
     start = time.perf_counter()
     kk_reward(text, NAMES, SOLUTION)
-    assert time.perf_counter() - start < 0.6  # ~0.2 s measured on a loaded 2-core box
+    assert time.perf_counter() - start < 0.5  # ~0.05 s measured on a loaded 2-core box
 
 
 def test_the_role_regex_is_linear_not_backtracking_catastrophically():

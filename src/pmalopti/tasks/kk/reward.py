@@ -9,8 +9,10 @@ On the response text *including* the `<think>` that the prompt pre-fills:
   matches, -1.5 otherwise.
 Totals: 3 (correct), -0.5 (parsed but wrong), -1 (unparsable answer), -3 (bad format).
 
-Only `str.count`/`str.find` scan the whole response; the one regular expression runs on the
-answer block, starts at a literal name and has no nested quantifiers, so it is linear.
+Only `str.count`/`str.find` scan the whole response. The role pattern is then matched backwards
+from each of the few role words (as many as people) with possessive quantifiers, and each name is
+compared where it would have to end, so scoring is linear and fast on any text. `role_pattern`
+keeps the plain form, which the tests use as the reference.
 """
 
 from __future__ import annotations
@@ -46,10 +48,63 @@ def extract_answer(text: str) -> str | None:
 
 
 @lru_cache(maxsize=4096)
-def _role_pattern(name: str) -> re.Pattern[str]:
-    # Possessive `\s++` (Python 3.11+) matches exactly what `\s+` does here (each is followed by a
-    # letter), but never gives whitespace back, so a long run of spaces is scanned once.
+def role_pattern(name: str) -> re.Pattern[str]:
+    """The Logic-RL pattern for one name (the reference `parse_answer` must agree with)."""
+    # Possessive `\s++` (Python 3.11+) matches exactly what `\s+` does here (each is followed by
+    # a letter), but never gives whitespace back, so a long run of spaces is scanned once.
     return re.compile(rf"\b{re.escape(name)}\b\s++is\s++a\s++(knight|knave)", re.IGNORECASE)
+
+
+# The role pattern's middle, " is a ", spelt backwards: matched at a role word's start on the
+# reversed text, it finds where the name must end without scanning the rest of the answer.
+_REVERSED_IS_A = re.compile(r"\s++a\s++si\s++", re.IGNORECASE)
+
+
+@lru_cache(maxsize=4096)
+def _name_pattern(name: str) -> re.Pattern[str]:
+    return re.compile(rf"\b{re.escape(name)}\b", re.IGNORECASE)
+
+
+def _role_words(answer: str, lower: str) -> list[tuple[int, bool]]:
+    """(start, is_knight) of every "knight"/"knave", case-insensitive, in text order."""
+    if len(lower) != len(answer):  # lower() changed the length (rare letters): use the regex
+        return [
+            (m.start(), m.group().lower() == "knight")
+            for m in re.finditer(r"knight|knave", answer, re.IGNORECASE)
+        ]
+    found = []
+    for word in ("knight", "knave"):
+        at = lower.find(word)
+        while at >= 0:
+            found.append((at, word == "knight"))
+            at = lower.find(word, at + len(word))
+    return sorted(found)
+
+
+def _name_ends(answer: str, words: list[tuple[int, bool]]) -> list[tuple[int, bool]]:
+    r"""(q, is_knight) for each role word preceded by `\s+is\s+a\s+`, q where that starts."""
+    ends = []
+    for r, knight in words:
+        m = _REVERSED_IS_A.match(answer[r - 1 :: -1]) if r > 0 else None
+        if m is not None:
+            ends.append((r - m.end(), knight))
+    return ends
+
+
+def _search_role(answer: str, name: str, ends: list[tuple[int, bool]]) -> bool | None:
+    """Like `role_pattern(name).search(answer)`: the role of the leftmost match, or None.
+
+    A match is the name ending at one of `ends`. `match(answer, s, q)` sees the character before
+    `s` for the leading `\b`; the trailing one holds at `q` exactly when it would in the full text,
+    since `answer[q]` is whitespace.
+    """
+    pattern = _name_pattern(name)
+    best: tuple[int, bool] | None = None
+    for q, knight in ends:
+        s = q - len(name)
+        if s >= 0 and pattern.match(answer, s, q) and (best is None or s < best[0]):
+            best = (s, knight)
+    return None if best is None else best[1]
 
 
 def parse_answer(answer: str, names: Sequence[str]) -> dict[str, bool] | None:
@@ -57,13 +112,16 @@ def parse_answer(answer: str, names: Sequence[str]) -> dict[str, bool] | None:
     lower = answer.lower()
     if lower.count("knight") + lower.count("knave") != len(names):
         return None
-    roles: dict[str, bool] = {}
-    for name in names:
-        m = _role_pattern(name).search(answer)
-        if m is None:
-            return None
-        roles[name] = m.group(1).lower() == "knight"
-    return roles
+    words = _role_words(answer, lower)
+    if len(words) > 2 * len(names) + 8:  # exotic case folding: fall back to the plain search
+        matches = (role_pattern(name).search(answer) for name in names)
+        roles = [None if m is None else m.group(1).lower() == "knight" for m in matches]
+    else:
+        ends = _name_ends(answer, words)
+        roles = [_search_role(answer, name, ends) for name in names]
+    if any(r is None for r in roles):
+        return None
+    return dict(zip(names, roles, strict=True))
 
 
 def kk_score(
