@@ -143,6 +143,7 @@ CLI_SETTINGS = [
     "train.steps=2",
     "train.eval_every=1",
     "train.diag_every=1",
+    "train.eval_at_start=false",
     "train.progress=false",
 ]
 
@@ -163,11 +164,13 @@ def test_the_grpo_command_writes_config_log_and_loadable_checkpoints(tmp_path, m
 
     monkeypatch.setattr(gm, "load_reference", no_reference)
     out = tmp_path / "run"
-    assert _cli(out) == 0
+    assert _cli(out, "train.tensorboard=true", "train.eval_at_start=true") == 0
+    assert any((out / "tensorboard").iterdir())
     saved = load_config(GRPOConfig, out / "config.yaml")
     assert saved.algo.eta == 0.5 and saved.rollout.group_size == 4
     recs = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in recs] == [1, 2]
+    assert [r["step"] for r in recs] == [0, 1, 2]
+    assert set(recs[0]) == {"step"} | {k for k in recs[0] if k.startswith("eval/")}
     for key in (
         "reward/mean",
         "reward/std",

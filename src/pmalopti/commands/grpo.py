@@ -148,7 +148,7 @@ def run(args) -> int:
     if records:
         last = records[-1]
         keys = [k for k in last if k.startswith("eval/") and "/" not in k[5:]]
-        summary = ", ".join(f"{k} {last[k]:.3f}" for k in ["reward/mean", *keys])
+        summary = ", ".join(f"{k} {last[k]:.3f}" for k in ["reward/mean", *keys] if k in last)
         print(f"step {trainer.step}: {summary}", file=sys.stderr)
     if trainer.interrupted:
         print(

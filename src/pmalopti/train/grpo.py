@@ -172,9 +172,10 @@ class GRPOTrainer:
 
     @torch.no_grad()
     def _logprobs(self, model, r: Rollout) -> torch.Tensor:
-        """(B, R) log-probs at temperature T, no gradient, in chunks of rollout.batch_size."""
+        """(B, R) log-probs at temperature T, no gradient, in chunks of algo.micro_batch_size
+        (the (chunk, R, vocabulary) logits are the memory peak, as in the update)."""
         model.eval()
-        bs = self.cfg.rollout.batch_size
+        bs = self.cfg.algo.micro_batch_size
         out = []
         with self._amp():
             for lo in range(0, r.response_ids.shape[0], bs):
@@ -256,9 +257,10 @@ class GRPOTrainer:
         every = cfg.train.sample_every
         if every and self.step % every == 0:
             for i in (0, len(rows) - 1):
+                prompt = self.task.prompt(rows[i], chat=cfg.task.chat, tokenizer=self.tok)
                 tqdm.write(
                     f"[step {self.step}] reward {float(rewards[i]):+.2f} | "
-                    f"{self.task.prompt(rows[i])!r} → {roll.texts[i]!r}"
+                    f"…{prompt[-60:]!r} → {roll.texts[i][:400]!r}"
                 )
         return metrics
 
@@ -384,6 +386,10 @@ class GRPOTrainer:
             dynamic_ncols=True,
         )
         with self._graceful_interrupt():
+            if t.eval_at_start and self.step == 0 and self.eval_samples:
+                rec = {"step": 0, **self.evaluate()}
+                self._log(rec)
+                records.append(rec)
             while self.step < t.steps and not self._stop:
                 rec = self.train_step()
                 last = self.step == t.steps

@@ -111,7 +111,7 @@ class RolloutConfig:
     engine: Literal["loop", "hf"] = "loop"
     """sampling engine: our KV-cache loop (faster on small models) or transformers generate"""
     batch_size: int = 256
-    """sequences generated at once (and per forward pass for old/ref log-probs)"""
+    """sequences generated at once (old/ref log-probs go in chunks of algo.micro_batch_size)"""
 
     def __post_init__(self):
         _check(self.prompts_per_step >= 1, "rollout.prompts_per_step must be >= 1")
@@ -202,6 +202,8 @@ class TrainConfig:
     """rollout steps (each: P·G completions, then the update)"""
     eval_every: int = 10
     """greedy evaluation on the held-out set every E steps (0: only at the end)"""
+    eval_at_start: bool = False
+    """also evaluate the initial policy (logged as step 0)"""
     save_every: int = 10
     """checkpoint every S steps (0: only at the end)"""
     keep_checkpoints: int = 2
@@ -228,7 +230,7 @@ class GRPOConfig:
     """`pmalopti grpo`: GRPO with Advantage Reweighting and Lopti (arXiv 2505.12929)."""
 
     output_dir: str = "runs/grpo-tiny"
-    """run folder: config.yaml, log.jsonl, checkpoint-<step>/ and final/"""
+    """run folder: config.yaml, log.jsonl, checkpoint-<step>/ (and init/ for a tiny model)"""
     seed: int = 0
     """seed of model init, data order and sampling"""
     model: ModelConfig = field(default_factory=ModelConfig)
