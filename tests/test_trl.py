@@ -178,6 +178,19 @@ def test_lopti_config_accepts_the_paper_settings_and_eta_zero_means_off(tmp_path
     assert not _config(tmp_path, lopti_eta=0.0).lopti_enabled
 
 
+def test_config_parses_from_the_command_line_like_any_trl_config(tmp_path):
+    from trl import TrlParser
+
+    argv = ["--output_dir", str(tmp_path), "--ar_alpha", "0.3", "--lopti_eta", "0.5"]
+    argv += ["--num_iterations", "2", "--use_cpu", "--bf16", "False"]
+    (cfg,) = TrlParser((LoptiGRPOConfig,)).parse_args_and_config(argv)
+    assert (cfg.ar_alpha, cfg.lopti_eta, cfg.num_iterations) == (0.3, 0.5, 2)
+    with pytest.raises(ValueError, match="num_iterations"):
+        TrlParser((LoptiGRPOConfig,)).parse_args_and_config(
+            argv[:6] + argv[8:]
+        )  # no num_iterations
+
+
 # ----------------------------------------------------------------------------------------------
 # α = 0, η unset is TRL's GRPOTrainer
 
