@@ -317,6 +317,19 @@ def test_lopti_trains_with_alpha_and_eta_set(lopti_run, tiny_dir):
     assert any(not torch.equal(init[k], v) for k, v in _params(trainer.model).items())
 
 
+def test_token_prob_diagnostics_are_logged_for_each_generation_batch(lopti_run):
+    trainer, _, gens, _ = lopti_run
+    key = "diag/token_share/p<0.25"
+    logged = [h for h in trainer.state.log_history if key in h]
+    assert len(logged) == len(gens)
+    for h, gen in zip(logged, gens, strict=True):
+        mask = gen["completion_mask"].bool()
+        p = gen["old_per_token_logps"].exp()
+        assert h[key] == pytest.approx(float((mask & (p < 0.25)).sum() / mask.sum()))
+        shares = [v for k, v in h.items() if k.startswith("diag/grad_share/")]
+        assert len(shares) == 4 and sum(shares) == pytest.approx(1.0)
+
+
 def test_lopti_makes_exactly_twice_the_optimizer_steps_per_generation_batch(lopti_run):
     trainer, counter, gens, _ = lopti_run
     minibatches = trainer.args.steps_per_generation // trainer.args.gradient_accumulation_steps

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from pmalopti.rl import lopti_passes, reweight_advantages
+from pmalopti.rl import lopti_passes, reweight_advantages, token_prob_diagnostics
 
 try:
     from trl import GRPOConfig, GRPOTrainer
@@ -141,8 +141,9 @@ class LoptiGRPOConfig(GRPOConfig):
 class LoptiGRPOTrainer(GRPOTrainer):
     """`GRPOTrainer` with AR and Lopti; with `ar_alpha=0` and `lopti_eta=None` it is TRL's trainer.
 
-    `args` may be a plain `GRPOConfig` (then nothing changes). Extra logged metrics:
-    "lopti/low_token_fraction" per generation batch.
+    `args` may be a plain `GRPOConfig` (then nothing changes). Extra logged metrics, per
+    generation batch when AR or Lopti is on: "lopti/low_token_fraction" and the paper's Fig. 1
+    shares "diag/token_share/<bucket>", "diag/grad_share/<bucket>" (`token_prob_diagnostics`).
     """
 
     _lopti_generated_at: int = 0
@@ -172,6 +173,7 @@ class LoptiGRPOTrainer(GRPOTrainer):
         # AR first, then Lopti's split (DESIGN.md): the per-token advantages are AR's in every pass.
         adv = reweight_advantages(out["advantages"], old, self._ar_alpha)  # (B, T)
         out["advantages"] = adv
+        self._log_token_prob_diagnostics(old, mask, adv)
         if self.model.training and self._lopti_eta is not None:
             for k, p in enumerate(lopti_passes(adv, old, mask, self._lopti_eta)):
                 out[f"lopti_advantages_{k}"] = p.advantages  # (B, T)
@@ -181,6 +183,16 @@ class LoptiGRPOTrainer(GRPOTrainer):
             low, total = self.accelerator.reduce(counts, reduction="sum").tolist()
             self._metrics["train"]["lopti/low_token_fraction"].append(low / max(total, 1.0))
         return out
+
+    def _log_token_prob_diagnostics(self, old, mask, adv) -> None:
+        """The paper's Fig. 1 per generation batch, over all processes: share of response tokens
+        and of gradient norm (the |Â|·(1 − π_old) bound) per π_old bucket."""
+        acc = self.accelerator
+        # Completions have different lengths on different processes: pad T before gathering.
+        old, mask, adv = (acc.gather(acc.pad_across_processes(t, dim=1)) for t in (old, mask, adv))
+        mode = "train" if self.model.training else "eval"
+        for key, value in token_prob_diagnostics(old, mask != 0, adv).items():
+            self._metrics[mode][key].append(value)
 
     @torch.no_grad()
     def _sampling_logps(self, out: dict[str, Any]) -> torch.Tensor:
