@@ -41,7 +41,7 @@ def read_trainer_state(folder: Path) -> tuple[int | None, int | None]:
         raise ValueError(f"{f}: cannot read trainer state ({exc})") from exc
     step = state.get("global_step")
     tokens = state.get("num_input_tokens_seen")
-    if tokens is None:  # older Trainer versions log it per step only
+    if not tokens:  # 0 or absent: older Trainer versions log it per step only
         for entry in reversed(state.get("log_history") or []):
             if "num_input_tokens_seen" in entry:
                 tokens = entry["num_input_tokens_seen"]

@@ -183,10 +183,7 @@ def merge_checkpoints(
         f"{stats['bytes_read'] / 1e9:.2f} GB, wrote {stats['bytes_written'] / 1e9:.2f} GB in "
         f"{stats['seconds']:.2f} s ({stats['bytes_read'] / 1e9 / max(stats['seconds'], 1e-9):.2f} GB/s read) -> {out}"
     )
-    if progress:
-        print(msg, file=sys.stderr)
-    else:
-        log.debug(msg)
+    log.info(msg)
     return out.resolve()
 
 

@@ -1,0 +1,193 @@
+"""`pmalopti merge` against mergekit's `linear` merge and the I/O floor, measured in one run.
+
+Makes N checkpoints of a ~160M-parameter bf16 Qwen2-style model (200 MB shards, ~320 MB each)
+under WORKDIR, then times, each in its own child process so that peak RSS is comparable:
+  1. reading the N checkpoints once (`cat > /dev/null`), the I/O floor;
+  2. `pmalopti merge --method sma` of the N (and of the newest 2, to see memory growth in N);
+  3. mergekit `linear` of the same N (weights 1, dtype float32, out_dtype bfloat16);
+and compares our output with mergekit's tensor by tensor (in bf16 ulps).
+
+mergekit lives in its own virtual environment (see benchmarks/README.md):
+    python3 -m venv /tmp/mergekit-venv
+    /tmp/mergekit-venv/bin/pip install torch==2.13.0 && /tmp/mergekit-venv/bin/pip install mergekit
+
+Run:  python benchmarks/merge_vs_mergekit.py [--workdir /tmp/pmalopti-bench] [--n 10]
+Nothing here is committed: the checkpoints and outputs stay in WORKDIR (removed with --clean).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from pmalopti.merge.reader import CheckpointReader
+from pmalopti.merge.writer import write_hf_checkpoint
+
+
+def make_checkpoints(root: Path, n: int, seed: int = 0) -> list[Path]:
+    """N checkpoints = one random model + small independent perturbations, bf16, 200 MB shards."""
+    from transformers import Qwen2Config
+
+    cfg = Qwen2Config(
+        vocab_size=32000,
+        hidden_size=768,
+        intermediate_size=3072,
+        num_hidden_layers=13,
+        num_attention_heads=12,
+        num_key_value_heads=2,
+        tie_word_embeddings=False,
+        dtype="bfloat16",
+        architectures=["Qwen2ForCausalLM"],  # mergekit picks its tensor layout from this
+    )
+    h, kv, inter = cfg.hidden_size, 2 * 64, cfg.intermediate_size
+    shapes = {"model.embed_tokens.weight": (cfg.vocab_size, h)}
+    for i in range(cfg.num_hidden_layers):
+        p = f"model.layers.{i}."
+        shapes |= {
+            p + "self_attn.q_proj.weight": (h, h),
+            p + "self_attn.q_proj.bias": (h,),
+            p + "self_attn.k_proj.weight": (kv, h),
+            p + "self_attn.k_proj.bias": (kv,),
+            p + "self_attn.v_proj.weight": (kv, h),
+            p + "self_attn.v_proj.bias": (kv,),
+            p + "self_attn.o_proj.weight": (h, h),
+            p + "mlp.gate_proj.weight": (inter, h),
+            p + "mlp.up_proj.weight": (inter, h),
+            p + "mlp.down_proj.weight": (h, inter),
+            p + "input_layernorm.weight": (h,),
+            p + "post_attention_layernorm.weight": (h,),
+        }
+    shapes |= {"model.norm.weight": (h,), "lm_head.weight": (cfg.vocab_size, h)}
+    params = sum(math.prod(s) for s in shapes.values())
+    gen = torch.Generator().manual_seed(seed)
+    base = {k: torch.randn(s, generator=gen) * 0.02 for k, s in shapes.items()}
+    paths = []
+    for i in range(n):
+        out = root / f"checkpoint-{(i + 1) * 1000}"
+        paths.append(out)
+        if (out / "model.safetensors.index.json").is_file():
+            cfg.save_pretrained(out)  # reuse the weights of an earlier run
+            continue
+
+        def tensors(i=i):
+            g = torch.Generator().manual_seed(seed + 1 + i)
+            for k, b in base.items():
+                yield k, (b + 0.002 * torch.randn(b.shape, generator=g)).to(torch.bfloat16)
+
+        write_hf_checkpoint(tensors(), out, config=cfg, shard_size=200_000_000, force=True)
+    print(f"{n} checkpoints of {params / 1e6:.0f}M parameters (bf16) in {root}", file=sys.stderr)
+    return paths
+
+
+def measure(cmd: list[str], **kw) -> tuple[float, float]:
+    """Wall seconds and peak RSS (GB) of one child process."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, **kw)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise RuntimeError(f"{cmd[0]} failed with exit code {proc.returncode}: {' '.join(cmd)}")
+    return wall, usage.ru_maxrss * 1024 / 1e9  # ru_maxrss is in KiB on Linux
+
+
+def ulp_bf16(x: torch.Tensor) -> torch.Tensor:
+    """Spacing of bf16 numbers at |x| (8 significant bits)."""
+    e = torch.floor(torch.log2(x.abs().clamp_min(2.0**-126)))
+    return torch.exp2(e - 7)
+
+
+def compare(ours: Path, theirs: Path) -> tuple[float, float]:
+    """Largest |difference| and largest difference in bf16 ulps of the larger magnitude."""
+    with CheckpointReader(ours) as a, CheckpointReader(theirs) as b:
+        if set(a.specs) != set(b.specs):
+            raise RuntimeError(f"tensor names differ: {sorted(set(a.specs) ^ set(b.specs))[:5]}")
+        max_abs, max_ulp = 0.0, 0.0
+        for name in a.specs:
+            x, y = a.read(name).float(), b.read(name).float()
+            d = (x - y).abs()
+            max_abs = max(max_abs, float(d.max()))
+            max_ulp = max(max_ulp, float((d / ulp_bf16(torch.maximum(x.abs(), y.abs()))).max()))
+    return max_abs, max_ulp
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/pmalopti-bench"))
+    ap.add_argument("--n", type=int, default=10)
+    ap.add_argument("--mergekit", default="/tmp/mergekit-venv/bin/mergekit-yaml")
+    ap.add_argument("--repeats", type=int, default=1, help="best-of repeats for each timing")
+    ap.add_argument("--clean", action="store_true", help="remove WORKDIR at the end")
+    args = ap.parse_args()
+    work = args.workdir
+    ckpts = make_checkpoints(work / "run", args.n)
+    files = sorted(str(f) for c in ckpts for f in c.glob("*.safetensors"))
+    size_gb = sum(os.path.getsize(f) for f in files) / 1e9
+    devnull = subprocess.DEVNULL
+    # Warm the page cache so that every contender reads from memory, as in the issue's numbers.
+    subprocess.run(["cat", *files], stdout=devnull, check=True)
+
+    def best(cmd: list[str], out: Path | None) -> tuple[float, float]:
+        runs = []
+        for _ in range(args.repeats):
+            if out is not None:
+                shutil.rmtree(out, ignore_errors=True)
+            runs.append(measure(cmd, stdout=devnull))
+        return min(r[0] for r in runs), max(r[1] for r in runs)
+
+    rows: dict[str, tuple[float, float]] = {}
+    rows["read once (cat > /dev/null)"] = best(["cat", *files], None)
+    pma = [sys.executable, "-m", "pmalopti", "merge", "--method", "sma", "--no-progress", "-o"]
+    rows["pmalopti merge, N=2"] = best(
+        [*pma, str(work / "ours-2"), *map(str, ckpts[-2:])], work / "ours-2"
+    )
+    rows[f"pmalopti merge, N={args.n}"] = best(
+        [*pma, str(work / "ours"), *map(str, ckpts)], work / "ours"
+    )
+    have_mergekit = Path(args.mergekit).is_file()
+    if have_mergekit:
+        for n, out in ((2, "mergekit-2"), (args.n, "mergekit")):
+            yml = work / f"mergekit-{n}.yml"
+            models = "\n".join(
+                f"  - model: {c}\n    parameters:\n      weight: 1.0" for c in ckpts[-n:]
+            )
+            yml.write_text(
+                f"merge_method: linear\nmodels:\n{models}\ndtype: float32\nout_dtype: bfloat16\n"
+            )
+            cmd = [args.mergekit, str(yml), str(work / out), "--lazy-unpickle", "--quiet"]
+            rows[f"mergekit linear, N={n}"] = best(cmd, work / out)
+    else:
+        print(f"mergekit not found at {args.mergekit}; see benchmarks/README.md", file=sys.stderr)
+
+    ours = rows[f"pmalopti merge, N={args.n}"]
+    print(f"\n{args.n} checkpoints, {size_gb:.2f} GB of bf16 safetensors, page cache warm\n")
+    print("| job | wall (s) | peak RSS (GB) |\n|---|---:|---:|")
+    for name, (wall, rss) in rows.items():
+        print(f"| {name} | {wall:.2f} | {rss:.2f} |")
+    print()
+    floor = rows["read once (cat > /dev/null)"][0]
+    print(f"pmalopti / read-once floor: {ours[0] / floor:.1f}x the time")
+    rss2 = rows["pmalopti merge, N=2"][1]
+    print(f"pmalopti peak RSS N={args.n} vs N=2: {100 * (ours[1] / rss2 - 1):+.1f}%")
+    if have_mergekit:
+        mk = rows[f"mergekit linear, N={args.n}"]
+        print(
+            f"mergekit / pmalopti: {mk[0] / ours[0]:.1f}x the time, {mk[1] / ours[1]:.1f}x the RSS"
+        )
+        max_abs, max_ulp = compare(work / "ours", work / "mergekit")
+        print(f"largest |ours - mergekit|: {max_abs:.3g} ({max_ulp:.2f} bf16 ulp)")
+    if args.clean:
+        shutil.rmtree(work)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
