@@ -230,8 +230,10 @@ class _FakeTransferQueue(types.ModuleType):
 
 
 class _Meta:
+    """The parts of a TransferQueue `KVBatchMeta` the trainer touches."""
+
     def __init__(self, keys):
-        self.keys, self.partition_id = keys, "train"
+        self.keys, self.partition_id, self.extra_info = keys, "train", {}
 
     def __len__(self):
         return len(self.keys)
@@ -340,3 +342,53 @@ def test_example_kk_reward_scores_the_published_format():
     assert mod.compute_score("kk_logic", good, truth)["acc"] == 1.0
     assert mod.compute_score("kk_logic", wrong, truth)["score"] == -0.5
     assert mod.compute_score("kk_logic", "no tags", truth)["score"] == -3.0
+
+
+def test_lopti_trainer_mode_drives_verls_own_update_actor_twice(monkeypatch):
+    """With verl's v1 trainer importable (needs `transfer_queue`): the registered trainer mode
+    runs verl's real `PPOTrainer._update_actor` once per pass over a stand-in worker group."""
+    tq = pytest.importorskip("transfer_queue")
+    from verl.trainer.ppo.v1.trainer_base import get_trainer_cls
+
+    batch = _dataproto(6)
+    resp_len = batch.batch["response_mask"].sum(-1).long()
+    fields = {
+        k: _nested([batch.batch[k][i, : resp_len[i]] for i in range(B)])
+        for k in ("response_mask", "old_log_probs", "advantages")
+    }
+    fake = _FakeTransferQueue(fields)
+    monkeypatch.setattr(tq, "kv_batch_get", fake.kv_batch_get)
+    monkeypatch.setattr(tq, "kv_batch_put", fake.kv_batch_put)
+
+    class WorkerGroup:
+        def __init__(self):
+            self.calls = []
+
+        def update_actor(self, meta):
+            padded = TensorDict(dict(fake.fields), batch_size=B).to_padded_tensor()
+            self.calls.append((dict(meta.extra_info), padded["advantages"].clone()))
+            return {"metrics": {"actor/pg_loss": [0.5], "mfu": [0.1], "actor/grad_norm": [2.0]}}
+
+    trainer = object.__new__(get_trainer_cls(pv.TRAINER_MODE))
+    trainer.config = OmegaConf.create(
+        {
+            "actor_rollout_ref": {
+                "actor": {
+                    "ppo_mini_batch_size": 2, "calculate_entropy": False, "entropy_coeff": 0.0,
+                    "ppo_epochs": 1, "data_loader_seed": 0, "shuffle": False,
+                    "policy_loss": {"lopti_eta": 0.5},
+                },
+                "rollout": {"n": 3, "temperature": 0.7},
+            }
+        }
+    )  # fmt: skip
+    trainer.actor_rollout_wg = WorkerGroup()
+    meta = _Meta(list(range(B)))
+    metrics: dict = {}
+    trainer._update_actor(meta, metrics)
+    calls = trainer.actor_rollout_wg.calls
+    assert len(calls) == 2 and calls[0][0]["mini_batch_size"] == 6
+    low, high = lopti_split(batch.batch["old_log_probs"], batch.batch["response_mask"], 0.5)
+    torch.testing.assert_close(calls[0][1], batch.batch["advantages"] * low)
+    torch.testing.assert_close(calls[1][1], batch.batch["advantages"] * high)
+    assert metrics["actor/pg_loss"] == 1.0 and metrics["actor/grad_norm"] == 2.0
