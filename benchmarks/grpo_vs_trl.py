@@ -166,6 +166,23 @@ def run_trl(steps: int) -> dict[str, float]:
     }
 
 
+def run_engines(reps: int) -> dict[str, float]:
+    """Rollout alone: P·G sequences × NEW_TOKENS, our loop vs generate, CPU s (median)."""
+    from pmalopti.train.rollout import sample_hf, sample_loop, tokenize_prompts
+
+    model, tok, task, samples = tiny()
+    model.eval()
+    prompts = [task.prompt(s) for s in samples[:P] for _ in range(G)]
+    ids, mask = tokenize_prompts(tok, prompts, 64, "cpu")
+    out: dict[str, list[float]] = {"loop": [], "hf": []}
+    for _ in range(reps + 1):
+        for name, fn in (("loop", sample_loop), ("hf", sample_hf)):
+            c0 = time.process_time()
+            fn(model, tok, ids, mask, max_new_tokens=NEW_TOKENS, temperature=1.0)
+            out[name].append(time.process_time() - c0)
+    return {k: statistics.median(v[1:]) for k, v in out.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=8, help="timed steps per contender and round")
@@ -181,6 +198,7 @@ def main() -> None:
     hf_logging.disable_progress_bar()
 
     runs: dict[str, list[dict[str, float]]] = {"ours-loop": [], "ours-hf": [], "trl": []}
+    engines = run_engines(3 * a.steps)
     for _ in range(a.rounds):
         runs["ours-loop"].append(run_ours("loop", a.steps))
         runs["trl"].append(run_trl(a.steps))
@@ -210,7 +228,12 @@ def main() -> None:
             f"| {label} | {s:.3f} | {1 / s:.2f} | {agg(name, 'tokens') / s:.0f} | {base / s:.2f}× "
             f"| {c:.3f} | {base_cpu / c:.2f}× |"
         )
-    print("\n| pmalopti phase | engine=loop (s) | engine=hf (s) |")
+    print(
+        f"\nrollout alone ({P * G} sequences × {NEW_TOKENS} tokens, CPU s, median): "
+        f"loop {engines['loop']:.4f}, generate {engines['hf']:.4f} "
+        f"({engines['hf'] / engines['loop']:.2f}× slower)"
+    )
+    print("\n| pmalopti phase (wall) | engine=loop (s) | engine=hf (s) |")
     print("|---|---|---|")
     for k in ("rollout_s", "old_logprob_s", "update_s"):
         print(f"| {k[:-2]} | {agg('ours-loop', k):.4f} | {agg('ours-hf', k):.4f} |")

@@ -252,3 +252,28 @@ def test_init_from_loads_the_given_weights_and_tokenizer(tmp_path):
     assert init == str(tmp_path / "merged") and len(ltok) == len(tok)
     for a, b in zip(model.state_dict().values(), loaded.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_a_saved_model_folder_trains_with_a_kl_reference_and_bf16_autocast(tmp_path):
+    from pmalopti.tasks import get_task
+    from pmalopti.train.tiny import build_tiny_model, build_tokenizer, tiny_config
+
+    task = get_task("arithmetic", max_digits=2)
+    texts = [task.prompt(s) + task.target(s) for s in task.samples("train", n=200)]
+    tok = build_tokenizer(texts, vocab_size=320)
+    cfg = tiny_config(len(tok), arch="qwen2", hidden_size=32, num_layers=1, num_heads=2,
+                      num_kv_heads=1, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)  # fmt: skip
+    build_tiny_model(cfg).save_pretrained(tmp_path / "qwen")
+    tok.save_pretrained(tmp_path / "qwen")
+    out = tmp_path / "run"
+    rc = _cli(
+        out,
+        f"model.path={tmp_path / 'qwen'}",
+        "model.autocast=bfloat16",
+        "algo.kl_coef=0.01",
+        "train.steps=1",
+    )
+    assert rc == 0
+    rec = json.loads((out / "log.jsonl").read_text().splitlines()[-1])
+    assert "actor/kl" in rec and rec["actor/kl"] >= 0
+    assert not (out / "init").exists()  # a real model is never copied into the run folder

@@ -192,10 +192,16 @@ class GRPOTrainer:
         return torch.cat(out)
 
     # ------------------------------------------------------------------ one step
+    def _clock(self) -> float:
+        """A timestamp after the device's queued work (CUDA runs asynchronously)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
     def train_step(self) -> dict[str, Any]:
         cfg = self.cfg
         p, g = cfg.rollout.prompts_per_step, cfg.rollout.group_size
-        t0 = time.perf_counter()
+        t0 = self._clock()
         samples = [self.train_samples[i] for i in self.stream.take(p)]
         roll = self.generate(samples, repeat=g, greedy=False)
         rows = [s for s in samples for _ in range(g)]
@@ -203,10 +209,10 @@ class GRPOTrainer:
             [float(self.task.reward(t, s)) for t, s in zip(roll.texts, rows, strict=True)]
         )  # (B,)
         correct = [bool(self.task.is_correct(t, s)) for t, s in zip(roll.texts, rows, strict=True)]
-        t1 = time.perf_counter()
+        t1 = self._clock()
         old = self._logprobs(self.model, roll)  # (B, R)
         ref = self._logprobs(self.ref, roll) if self.ref is not None else None
-        t2 = time.perf_counter()
+        t2 = self._clock()
         adv_seq = group_advantages(rewards, g, scale=cfg.algo.adv_scale).to(self.device)  # (B,)
         adv = reweight_advantages(adv_seq, old, cfg.algo.alpha)  # (B, R)
         batch = UpdateBatch(
@@ -218,7 +224,7 @@ class GRPOTrainer:
             metrics |= bucket_diagnostics(
                 self.model, batch, cfg.algo, temperature=cfg.rollout.temperature, amp=self._amp
             )
-        td = time.perf_counter()
+        td = self._clock()
         metrics |= update_policy(
             self.model,
             self.optimizer,
@@ -232,7 +238,7 @@ class GRPOTrainer:
             with_entropy=cfg.train.entropy,
             loss_scale_factor=float(cfg.rollout.max_new_tokens),
         )
-        t3 = time.perf_counter()
+        t3 = self._clock()
         self.step += 1
         lengths = roll.lengths.float()
         n_tok = float(lengths.sum())
