@@ -64,7 +64,7 @@ class PmaloptiPolicyLossConfig(PolicyLossConfig):
     """
 
     ar_alpha: float = 0.0
-    """AR strength α in [0, 1]: each token's advantage is scaled by α·π_old + 1 − α (paper: 0.3 K&K, 0.1 math)."""
+    """AR strength α in [0, 1]: advantages scaled by α·π_old + 1 − α (paper: 0.3 K&K, 0.1 math)."""
 
     lopti_eta: float = 0.0
     """Lopti threshold η in [0, 1): tokens with π_old < η are updated first. 0 disables Lopti."""
@@ -219,7 +219,8 @@ class LoptiTrainerMixin:
     minibatches, one optimizer step each), then does the same for pass 2, and finally restores
     the full advantages for verl's metrics. Losses and clip fractions are summed over the
     passes (they add up to the single-pass values), other metrics averaged; plus
-    ``actor/lopti_low_token_frac`` and ``actor/lopti_<pass>/pg_loss``. With η = 0 it is the parent update, unchanged.
+    ``actor/lopti_low_token_frac`` and ``actor/lopti_<pass>/pg_loss``. With η = 0 it is the
+    parent update, unchanged.
 
     Note: verl advances the LR scheduler once per `update_actor` call, so with Lopti the
     scheduler steps twice per rollout batch (matters only for warmup/decay schedules).
