@@ -105,3 +105,11 @@ def test_trl_adapter_rebuilds_each_sample_from_columns_and_ignores_trainer_kwarg
 def test_trl_adapter_rejects_columns_of_the_wrong_length(task):
     with pytest.raises(ValueError, match="'a'"):
         trl_reward(task)(["5"], a=[2, 3], b=[3])
+
+
+def test_reverse_writes_the_answer_least_significant_digit_first():
+    t = ArithmeticTask(reverse=True)
+    s = ArithmeticTask.make_sample(12, 39)
+    assert t.target(s) == "15" and t.reward("15", s) == 1.0 and t.reward("51", s) == 0.0
+    for s in t.samples("train", 100):
+        assert t.target(s)[::-1] == ArithmeticTask.answer(s) and t.is_correct(t.target(s), s)

@@ -167,3 +167,9 @@ def test_extraction_never_raises_and_a_box_content_has_balanced_braces(text):
     if found is not None:
         content = found[1]
         assert content.count("{") == content.count("}")
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.text(max_size=120))
+def test_any_response_scores_zero_or_one_without_raising(text):
+    assert get_task("math").reward(text, MATH[0]) in (0.0, 1.0)

@@ -41,14 +41,21 @@ class ArithmeticTask(Task):
     """`a op b =` with operands of `min_digits`..`max_digits` digits; difficulty = digits.
 
     `ops` is a string of operators drawn uniformly ("+" or "+-"); subtraction keeps a >= b so
-    answers are never negative.
+    answers are never negative. `reverse` writes the answer least-significant digit first
+    ("12+39=" -> "15"), the order in which carries are computed, which small transformers learn
+    much faster (Lee et al. 2023, "Teaching Arithmetic to Small Transformers").
     """
 
     name = "arithmetic"
     max_reward = 1.0
 
     def __init__(
-        self, min_digits: int = 1, max_digits: int = 3, ops: str = "+", test_percent: int = 10
+        self,
+        min_digits: int = 1,
+        max_digits: int = 3,
+        ops: str = "+",
+        test_percent: int = 10,
+        reverse: bool = False,
     ) -> None:
         if not 1 <= min_digits <= max_digits <= 18:
             raise ValueError(
@@ -61,6 +68,7 @@ class ArithmeticTask(Task):
             raise ValueError(f"test_percent: {test_percent} is not in 1..50")
         self.min_digits, self.max_digits, self.ops = min_digits, max_digits, ops
         self.test_percent = test_percent
+        self.reverse = reverse
 
     def _draw(self, rng: random.Random) -> tuple[int, int, str]:
         d = rng.randint(self.min_digits, self.max_digits)
@@ -140,14 +148,19 @@ class ArithmeticTask(Task):
             None, f"Compute {expr}. Reply with the number only.", tokenizer=tokenizer
         )
 
+    def expected(self, sample: Mapping) -> str:
+        """The response that scores 1: the answer, digits reversed when `reverse`."""
+        ans = self.answer(sample)
+        return ans[::-1] if self.reverse else ans
+
     def target(self, sample: Mapping) -> str:
-        return self.answer(sample)
+        return self.expected(sample)
 
     def reward(self, response: str, sample: Mapping) -> float:
         text = response.strip()
         if text.endswith(EOS_TEXT):
             text = text[: -len(EOS_TEXT)].strip()
-        return 1.0 if text == self.answer(sample) else 0.0
+        return 1.0 if text == self.expected(sample) else 0.0
 
     def difficulty(self, sample: Mapping) -> int:
         if "digits" in sample:

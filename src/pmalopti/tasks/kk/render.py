@@ -11,6 +11,8 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
+import numpy as np
+
 from pmalopti.tasks.kk.parse import LEAVES, Tree
 from pmalopti.tasks.kk.solve import evaluate
 
@@ -135,8 +137,6 @@ def worked_solution(
 
     Every claim is true exactly for the knights, which is what makes the solution consistent.
     """
-    import numpy as np
-
     roles = np.asarray([solution], dtype=bool)  # (1, N)
     lines = []
     for i, tree in enumerate(statements):
