@@ -51,6 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--minibatch", type=int, default=256, help="responses per optimizer step")
     p.add_argument("--per-device-batch", type=int, default=8, help="responses per GPU forward")
     p.add_argument("--epochs", type=float, default=5)
+    p.add_argument("--max-steps", type=int, default=-1, help="stop after this many steps")
     p.add_argument("--max-completion-length", type=int, default=4096)
     p.add_argument("--use-vllm", action="store_true", help="generate with vLLM (colocate mode)")
     p.add_argument("--seed", type=int, default=0)
@@ -96,6 +97,7 @@ def build_config(args: argparse.Namespace, num_processes: int):
         loss_type="dapo",  # token-mean over the minibatch's response tokens
         scale_rewards="group",
         num_train_epochs=args.epochs,
+        max_steps=args.max_steps,
         bf16=torch.cuda.is_available(),  # autocast; the weights stay float32
         gradient_checkpointing=True,
         use_vllm=args.use_vllm,
@@ -124,7 +126,9 @@ def kk_dataset(task, samples: list[dict], tokenizer):
     )
 
 
-def evaluate(model, tokenizer, task, files: list[str], n: int, out_dir: Path) -> dict[str, float]:
+def evaluate(
+    model, tokenizer, task, files: list[str], n: int, max_tokens: int, out_dir: Path
+) -> dict[str, float]:
     """Greedy accuracy per file; responses are written for `pmalopti kk score`."""
     import torch
     from tqdm import tqdm
@@ -140,7 +144,7 @@ def evaluate(model, tokenizer, task, files: list[str], n: int, out_dir: Path) ->
             batch = tokenizer(prompts[i : i + 16], return_tensors="pt", padding=True)
             batch = batch.to(model.device)
             with torch.no_grad():
-                out = model.generate(**batch, max_new_tokens=4096, do_sample=False)
+                out = model.generate(**batch, max_new_tokens=max_tokens, do_sample=False)
             new = out[:, batch["input_ids"].shape[1] :]
             responses += tokenizer.batch_decode(new, skip_special_tokens=True)
         acc = sum(task.is_correct(r, s) for r, s in zip(responses, samples, strict=True)) / len(
@@ -154,15 +158,17 @@ def evaluate(model, tokenizer, task, files: list[str], n: int, out_dir: Path) ->
 
 def main(argv: list[str] | None = None) -> None:
     from accelerate import PartialState
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from pmalopti.integrations.trl import LoptiGRPOTrainer
     from pmalopti.tasks import get_task, trl_reward
+    from pmalopti.train.tiny import load_tokenizer
 
     args = parse_args(argv)
     state = PartialState()
     config = build_config(args, state.num_processes)
-    tokenizer = AutoTokenizer.from_pretrained(args.model, padding_side="left")
+    tokenizer = load_tokenizer(args.model)
+    tokenizer.padding_side = "left"
     task = get_task("kk", people=3, people_max=7)
     if args.train_file:
         samples = task.samples(path=args.train_file)
@@ -184,7 +190,9 @@ def main(argv: list[str] | None = None) -> None:
         out = Path(args.output_dir) / "eval"
         out.mkdir(parents=True, exist_ok=True)
         model = trainer.accelerator.unwrap_model(trainer.model)
-        acc = evaluate(model, tokenizer, task, args.eval_files, args.eval_n, out)
+        acc = evaluate(
+            model, tokenizer, task, args.eval_files, args.eval_n, args.max_completion_length, out
+        )
         (out / "accuracy.json").write_text(json.dumps(acc, indent=2))
         print(json.dumps(acc, indent=2))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -64,3 +65,28 @@ def test_example_rows_carry_what_the_kk_reward_needs(example):
         for s in samples
     ]
     assert all(r < task.max_reward for r in reward(wrong, **columns))
+
+
+def test_example_runs_end_to_end_on_a_tiny_local_model(example, tmp_path):
+    from pmalopti.train.tiny import tiny_model_and_tokenizer
+
+    model, tok = tiny_model_and_tokenizer(
+        seed=0, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1
+    )
+    model.save_pretrained(tmp_path / "tiny")
+    tok.save_pretrained(tmp_path / "tiny")
+    test_file = tmp_path / "kk_test.jsonl"
+    from pmalopti.tasks.kk import generate_records, write_puzzles
+
+    write_puzzles(generate_records(3, split="test", people=3), test_file)
+    out = tmp_path / "run"
+    # The paper's batch shape scaled down: 2 prompts × 4 rollouts, 2 minibatches per sweep.
+    argv = "--train-n 8 --prompts-per-batch 2 --rollouts 4 --minibatch 4 --per-device-batch 2"
+    argv += " --max-completion-length 8 --max-steps 4 --eval-n 2"
+    paths = ["--model", str(tmp_path / "tiny"), "--output-dir", str(out)]
+    example.main([*paths, "--eval-files", str(test_file), *argv.split()])
+    assert (out / "model.safetensors").is_file()
+    accuracy = json.loads((out / "eval" / "accuracy.json").read_text())
+    assert set(accuracy) == {"kk_test.jsonl"} and 0.0 <= accuracy["kk_test.jsonl"] <= 1.0
+    lines = (out / "eval" / "kk_test.responses.jsonl").read_text().splitlines()
+    assert len(lines) == 2
