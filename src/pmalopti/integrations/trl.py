@@ -38,7 +38,7 @@ try:
     from trl.models.utils import disable_gradient_checkpointing
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
-        "pmalopti.integrations.trl needs TRL (>= 1.0): pip install 'pmalopti[trl]'"
+        "pmalopti.integrations.trl needs TRL (>= 1.16): pip install 'pmalopti[trl]'"
     ) from exc
 
 __all__ = ["LoptiGRPOConfig", "LoptiGRPOTrainer"]
