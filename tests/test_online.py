@@ -250,3 +250,10 @@ def test_a_name_to_tensor_mapping_is_averaged_like_a_module():
     assert set(merged) == {"a", "b"}
     for k, v in merged.items():
         assert torch.equal(v, a.merged_state_dict()[k])
+
+
+def test_deepspeed_zero3_partitioned_parameters_are_refused_by_name():
+    model = Toy()
+    model.a.ds_id = 0  # what DeepSpeed ZeRO-3 attaches to each partitioned parameter
+    with pytest.raises(ValueError, match="'a' is partitioned by DeepSpeed ZeRO-3"):
+        OnlineAverager(model)

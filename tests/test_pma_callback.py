@@ -49,7 +49,7 @@ class Recorder(TrainerCallback):
 
 def make_trainer(setup, out, callbacks, **overrides):
     tok, cfg, train, evalset = setup
-    args = TrainingArguments(
+    kwargs = dict(
         output_dir=str(out),
         max_steps=8,
         per_device_train_batch_size=4,
@@ -65,8 +65,8 @@ def make_trainer(setup, out, callbacks, **overrides):
         use_cpu=True,
         disable_tqdm=True,
         seed=0,
-        **overrides,
     )
+    args = TrainingArguments(**{**kwargs, **overrides})
     return Trainer(
         model=build_tiny_model(cfg, seed=0),
         args=args,
@@ -109,7 +109,8 @@ def test_the_merged_eval_loss_is_logged_beside_the_live_one_and_matches_trainer_
 ):
     out, trainer, _, _ = run
     entries = {e["step"]: e for e in trainer.state.log_history if "eval_loss" in e}
-    assert sorted(entries) == [4, 8]  # evaluations forced at the merge points
+    # step 4: asked for by the callback (eval_steps is 1000); step 8: the Trainer's final eval
+    assert sorted(entries) == [4, 8]
     for step, e in entries.items():
         assert e["eval_pma_step"] == step
         assert e["eval_pma_loss"] != pytest.approx(e["eval_loss"], abs=1e-6)  # not the live model
@@ -146,6 +147,23 @@ def test_existing_merged_folders_stop_the_run_before_training_not_at_the_first_m
     with pytest.raises(FileExistsError, match="pma-4"):
         trainer.train()
     assert trainer.state.global_step == 0
+
+
+def test_eval_batches_without_a_loss_skip_the_merged_eval_but_not_the_merges(setup, tmp_path):
+    # e.g. a GRPO trainer's prompt-only eval set: warn once, keep training and writing merges
+    tok, cfg, train, evalset = setup
+    no_labels = [{k: v for k, v in row.items() if k != "labels"} for row in evalset]
+    pma = PMACallback(**SCHEDULE)
+    trainer = make_trainer(
+        (tok, cfg, train, no_labels), tmp_path, [pma], save_strategy="no", max_steps=12
+    )
+    trainer.train()
+    assert [p.name for p in pma.written] == ["pma-4", "pma-8", "pma-12"]
+    assert not any("eval_pma_loss" in e for e in trainer.state.log_history)
+    # after the first refusal (step 4) it stops asking for evaluations at merge points; the
+    # Trainer still evaluates at the end of training by itself
+    evals = [e["step"] for e in trainer.state.log_history if "eval_runtime" in e]
+    assert evals == [4, 12]
 
 
 def test_a_bad_schedule_is_refused_when_the_callback_is_built():

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,10 @@ def _state_file(checkpoint_dir: Path) -> Path:
     return checkpoint_dir / (STATE_FILE if world == 1 else f"pma_online_state-rank{rank}.pt")
 
 
+class EvalUnsupported(ValueError):
+    """The trainer's eval batches give no language-model loss (e.g. GRPO prompt batches)."""
+
+
 def _batch_size(batch: Any) -> int:
     for v in batch.values() if isinstance(batch, dict) else batch:
         if isinstance(v, torch.Tensor) and v.dim() > 0:
@@ -58,14 +63,14 @@ def eval_loss(model: torch.nn.Module, dataloader: Any) -> float:
     total = torch.zeros(2, dtype=torch.float64, device=device)  # (loss * count, count)
     try:
         for batch in dataloader:
+            if not isinstance(batch, Mapping):
+                raise EvalUnsupported(f"eval batches are {type(batch).__name__}, not a mapping")
             batch = {
                 k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
             }
-            loss = model(**batch).loss
+            loss = getattr(model(**batch), "loss", None)
             if loss is None:
-                raise ValueError(
-                    "the model returned no loss on an eval batch (are labels missing?)"
-                )
+                raise EvalUnsupported("the model returned no loss on an eval batch (no labels?)")
             bs = _batch_size(batch)
             total += torch.stack([loss.detach().double() * bs, torch.tensor(bs, device=device)])
     finally:
@@ -149,6 +154,7 @@ class PMACallback(TrainerCallback):
         self._model: torch.nn.Module | None = None
         self.written: list[Path] = []
         self._pma_losses: dict[tuple[int, str], float] = {}
+        self._eval_unsupported = False
 
     # -- events -----------------------------------------------------------------------------
 
@@ -172,7 +178,7 @@ class PMACallback(TrainerCallback):
             return control
         if self.save:
             self._write(args, state, model, processing_class)
-        if self.evaluate and args.eval_strategy != "no":
+        if self.evaluate and not self._eval_unsupported and args.eval_strategy != "no":
             control.should_evaluate = True
         return control
 
@@ -180,15 +186,22 @@ class PMACallback(TrainerCallback):
         self, args, state, control, metrics=None, model=None, eval_dataloader=None, **kwargs
     ):
         avg = self.averager
-        if not self.evaluate or avg is None or avg.merged_step is None or eval_dataloader is None:
+        if not self.evaluate or self._eval_unsupported or eval_dataloader is None:
+            return control
+        if avg is None or avg.merged_step is None:
             return control
         if metrics is None:
             return control
         prefix = _metric_prefix(metrics)
         key = (avg.merged_step, prefix)
         if key not in self._pma_losses:
-            with avg.swap_in():
-                self._pma_losses[key] = eval_loss(model, eval_dataloader)
+            try:
+                with avg.swap_in():
+                    self._pma_losses[key] = eval_loss(model, eval_dataloader)
+            except EvalUnsupported as exc:
+                logger.warning("PMACallback: eval_pma_loss is not logged for this trainer: %s", exc)
+                self._eval_unsupported = True
+                return control
         pma = {f"{prefix}_pma_loss": self._pma_losses[key], f"{prefix}_pma_step": avg.merged_step}
         metrics.update(pma)
         # The trainer appended this evaluation's log entry just before calling us; put the

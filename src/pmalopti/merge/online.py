@@ -148,6 +148,17 @@ def _tracked(model_or_params: Any) -> list[tuple[str, torch.Tensor]]:
     for name, t in items:
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"model_or_params: {name!r} is a {type(t).__name__}, not a tensor")
+        # Both keep each rank's slice outside the tensor torch shows us: averaging that tensor
+        # would average placeholders (ZeRO-3) or flattened, renamed groups (FSDP1).
+        if hasattr(t, "ds_id"):
+            raise ValueError(
+                f"model_or_params: {name!r} is partitioned by DeepSpeed ZeRO-3, which the averager "
+                "cannot read; use FSDP2 (fully_shard) or ZeRO stage 1/2"
+            )
+        if type(t).__name__ == "FlatParameter":
+            raise ValueError(
+                f"model_or_params: {name!r} is an FSDP1 flat parameter; use FSDP2 (fully_shard)"
+            )
     return items
 
 
