@@ -61,7 +61,7 @@ def test_left_padding_does_not_change_a_rows_log_probs(lm):
 
 def test_sampled_tokens_follow_the_tempered_distribution_of_the_scoring_pass(lm):
     model, tok = lm
-    ids, mask = tokenize_prompts(tok, ["1 + 3 ="] * 4000, 64, "cpu")
+    ids, mask = tokenize_prompts(tok, ["1 + 3 ="] * 2000, 64, "cpu")
     g = torch.Generator().manual_seed(0)
     roll = sample_loop(model, tok, ids, mask, max_new_tokens=1, temperature=1.5, generator=g)
     with torch.no_grad():
@@ -69,8 +69,8 @@ def test_sampled_tokens_follow_the_tempered_distribution_of_the_scoring_pass(lm)
     p = torch.softmax(logits / 1.5, -1)  # (V,)
     top = p.topk(3).indices
     freq = torch.stack([(roll.response_ids[:, 0] == t).float().mean() for t in top])
-    # 4000 draws: the binomial standard error is below 0.008 for every p.
-    torch.testing.assert_close(freq, p[top], atol=0.03, rtol=0)
+    # 2000 draws: the binomial standard error is at most 0.011, so 0.04 is > 3.5 SE.
+    torch.testing.assert_close(freq, p[top], atol=0.04, rtol=0)
 
 
 def test_a_response_ends_with_the_token_that_completes_a_stop_string(lm):

@@ -80,6 +80,7 @@ def _check_same_experiment(saved: dict, now: dict) -> None:
 def run(args) -> int:
     import torch
     import yaml
+    from transformers.utils import logging as hf_logging
 
     from pmalopti.config import load_config, save_config, to_dict
     from pmalopti.tasks import get_task
@@ -93,6 +94,7 @@ def run(args) -> int:
     if args.output_dir:
         overrides.append(f"output_dir={args.output_dir}")
     cfg = load_config(GRPOConfig, args.config, overrides)
+    hf_logging.disable_progress_bar()  # per-checkpoint "Loading/Writing" bars drown the run's own
     run_dir = Path(cfg.output_dir)
 
     ckpt = None
