@@ -151,7 +151,6 @@ class PMACallback(TrainerCallback):
         self.trainer = trainer
         self.force = force
         self.averager: OnlineAverager | None = None
-        self._model: torch.nn.Module | None = None
         self.written: list[Path] = []
         self._pma_losses: dict[tuple[int, str], float] = {}
         self._eval_unsupported = False
@@ -161,10 +160,10 @@ class PMACallback(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if model is None:
             raise ValueError("PMACallback: the trainer passed no model to on_train_begin")
-        if self.averager is None or self._model is not model:
-            self.averager = OnlineAverager(model, config=self.config)
-            self._model = model
-        if state.global_step > 0 and self.averager.last_step != state.global_step:
+        # A fresh averager per train() call: windows come from this run or its checkpoint only.
+        self.averager = OnlineAverager(model, config=self.config)
+        self._pma_losses.clear()
+        if state.global_step > 0:
             self._resume(args, state)
         if self.save and state.is_world_process_zero and not self.force:
             self._refuse_existing(args, state.global_step)

@@ -266,9 +266,8 @@ class OnlineAverager:
             raise ValueError(f"global_step: must be an integer >= 0, got {global_step!r}")
         last = self._last_step
         if last is not None and global_step <= last:
-            if (
-                global_step == last
-            ):  # the same step seen twice (e.g. a resumed trainer's first call)
+            # The same step twice is a no-op: a resumed trainer reports its step again at start.
+            if global_step == last:
                 return False
             raise ValueError(
                 f"global_step went back from {last} to {global_step}; "
@@ -364,9 +363,17 @@ class OnlineAverager:
             target = dtype if dtype is not None and m.is_floating_point() else t.dtype
             v = m.to(dtype=target, copy=True)
             if full and DTensor is not None and isinstance(t, DTensor):
-                v = DTensor.from_local(
-                    v.to(t.device), t.device_mesh, t.placements, shape=t.shape, stride=t.stride()
-                ).full_tensor()
+                v = (
+                    DTensor.from_local(
+                        v.to(t.device),
+                        t.device_mesh,
+                        t.placements,
+                        shape=t.shape,
+                        stride=t.stride(),
+                    )
+                    .full_tensor()
+                    .to(m.device)
+                )  # whole tensors go where the accumulators live
             out[name] = v
         return out
 
@@ -401,7 +408,10 @@ class OnlineAverager:
     # -- resume -----------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """Open windows, the latest merge and the schedule; loadable with torch.load(weights_only=True)."""
+        """Schedule, open windows and latest merge, for `torch.save` / `torch.load(weights_only=True)`.
+
+        Like `nn.Module.state_dict()`, the tensors are the live accumulators, not copies.
+        """
         return {
             "format": STATE_FORMAT,
             "config": dataclasses.asdict(self.config),
