@@ -100,9 +100,7 @@ def test_streamed_merge_equals_the_in_memory_reference(tmp_path, method, dtype):
     weights = (
         normalize_weights([3, -1, 2]) if method == "explicit" else merge_weights(method, 3, 0.3)
     )
-    out = merge_checkpoints(
-        paths, weights, tmp_path / "out", progress=False, chunk_bytes=64, buffers=3
-    )
+    out = merge_checkpoints(paths, weights, tmp_path / "out", progress=False, chunk_bytes=64)
     merged, ref = read_all(out), reference(states, weights)
     assert set(merged) == set(ref)
     for k in ref:
@@ -419,7 +417,9 @@ def test_memory_use_does_not_depend_on_the_number_of_checkpoints(tmp_path, monke
     for n, inputs in ((2, paths[:2]), (12, many)):
         allocated.clear()
         monkeypatch.setattr(torch, "empty", counting_empty)
-        merge_checkpoints(inputs, [1] * n, tmp_path / f"out{n}", progress=False, chunk_bytes=256)
+        merge_checkpoints(
+            inputs, [1] * n, tmp_path / f"out{n}", progress=False, chunk_bytes=256, workers=2
+        )
         monkeypatch.setattr(torch, "empty", real_empty)
         counts.append((len(allocated), sum(allocated)))
     assert counts[0] == counts[1]

@@ -1,9 +1,10 @@
 """The streaming PMA merge: M_avg = sum_i w_i M_i, one tensor piece at a time.
 
-Memory is flat in N and in model size: every tensor is processed in pieces of at most
-`chunk_bytes`, read into a fixed pool of reused buffers by reader threads while the main thread
-accumulates the weighted sum in float32 (DESIGN.md "Merging") and a writer thread appends the
-cast result to the output shard. So the merge runs near the speed of reading the inputs.
+Every tensor is cut into pieces of at most `chunk_bytes` of input. Worker threads each take a
+piece, read it from the N inputs (`pread` into a reused buffer) and accumulate the weighted sum
+in float32 (DESIGN.md "Merging"); the calling thread appends finished pieces, in order, to the
+output shard. File reads, torch kernels and file writes release the GIL, so reading, summing
+and writing overlap, and memory is a few pieces per worker whatever N and the model size.
 All inputs are opened and checked (headers, names, shapes, dtypes, architectures) before
 anything is written, and the output folder appears only when complete.
 """
@@ -12,11 +13,12 @@ from __future__ import annotations
 
 import logging
 import math
-import queue
+import os
 import sys
+import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
@@ -108,13 +110,6 @@ def _pieces(numel: int, per_piece: int) -> list[tuple[int, int]]:
     return [(s, min(per_piece, numel - s)) for s in range(0, numel, per_piece)] or [(0, 0)]
 
 
-class _Job:
-    __slots__ = ("count", "index", "name", "start")
-
-    def __init__(self, name: str, start: int, count: int, index: int):
-        self.name, self.start, self.count, self.index = name, start, count, index
-
-
 def merge_checkpoints(
     paths: Sequence[str | Path | Checkpoint],
     weights: Sequence[float],
@@ -125,9 +120,8 @@ def merge_checkpoints(
     force: bool = False,
     progress: bool = True,
     metadata: Mapping[str, Any] | None = None,
-    threads: int = 2,
-    chunk_bytes: int = 8 << 20,
-    buffers: int = 16,
+    workers: int | None = None,
+    chunk_bytes: int = 256 << 10,
 ) -> Path:
     """Merge checkpoints (oldest first) with `weights` (normalised to sum to 1) into `out_dir`.
 
@@ -135,7 +129,8 @@ def merge_checkpoints(
     (bf16 | fp16 | fp32). Other tensors are copied from the newest input and must be equal in
     all. The output is a Hugging Face folder (sharded safetensors of at most `shard_size` bytes,
     config and tokenizer files of the newest input, `pmalopti_merge.json` with `metadata`).
-    Memory: `buffers` x `chunk_bytes` for reading plus a few pieces, whatever N and model size.
+    Memory: about 15 x `chunk_bytes` per worker thread (default: one per core, at most 8),
+    whatever N and the model size.
     """
     ckpts = [p if isinstance(p, Checkpoint) else describe(p) for p in paths]
     if not ckpts:
@@ -144,8 +139,9 @@ def merge_checkpoints(
         raise ValueError(f"got {len(weights)} weights for {len(ckpts)} checkpoints")
     ws = normalize_weights(weights)
     out_dtype = parse_dtype(dtype)
-    if threads < 1 or buffers < 2 or chunk_bytes < 64:
-        raise ValueError("threads >= 1, buffers >= 2 and chunk_bytes >= 64 are required")
+    workers = workers or min(8, os.cpu_count() or 1)
+    if workers < 1 or chunk_bytes < 64:
+        raise ValueError("workers >= 1 and chunk_bytes >= 64 are required")
     out = Path(out_dir)
     check_output_dir(out, force=force, inputs=[c.path for c in ckpts])
     with ExitStack() as stack:
@@ -174,9 +170,7 @@ def merge_checkpoints(
         with atomic_dir(out, force=force) as tmp:
             if newest.model_dir is not None:
                 copy_model_files(newest.model_dir, tmp, dtype=out_dtype)
-            stats = _stream(
-                readers, ws, out_specs, tmp, shard_size, threads, chunk_bytes, buffers, progress
-            )
+            stats = _stream(readers, ws, out_specs, tmp, shard_size, workers, chunk_bytes, progress)
             write_metadata(tmp, {**record, **stats})
     msg = (
         f"merged {stats['tensors']} tensors from {len(ckpts)} checkpoints: read "
@@ -193,103 +187,87 @@ def _stream(
     out_specs: list[TensorSpec],
     tmp: Path,
     shard_size: int,
-    threads: int,
+    workers: int,
     chunk_bytes: int,
-    n_buffers: int,
     progress: bool,
 ) -> dict[str, Any]:
+    """Pieces are merged by `workers` threads (each reads its piece from the N inputs and sums
+    it) and written in order by this thread; pread, torch kernels and write all release the GIL,
+    so reading, summing and writing overlap on as many cores as there are workers."""
     t0 = time.perf_counter()
-    n = len(readers)
     in_specs = readers[-1].specs
+    pieces = [
+        (spec, start, count)
+        for spec in out_specs
+        for start, count in _pieces(
+            math.prod(spec.shape), max(1, chunk_bytes // in_specs[spec.name].dtype.itemsize)
+        )
+    ]
+    local = threading.local()
 
-    def jobs() -> Iterator[_Job]:
-        for s in out_specs:
-            size = in_specs[s.name].dtype.itemsize
-            for start, count in _pieces(math.prod(s.shape), max(1, chunk_bytes // size)):
-                for i in range(n):
-                    yield _Job(s.name, start, count, i)
-
-    # Untouched pages cost nothing, so sizing every buffer for the worst case is free.
-    free: queue.SimpleQueue[torch.Tensor] = queue.SimpleQueue()
-    for _ in range(n_buffers):
-        free.put(torch.empty(chunk_bytes, dtype=torch.uint8))
-    max_elems = chunk_bytes  # 1-byte inputs give the longest pieces
-    acc = torch.empty(max_elems, dtype=torch.float32)
-    scratch = torch.empty(max_elems, dtype=torch.float32)
-    out_free: queue.SimpleQueue[torch.Tensor] = queue.SimpleQueue()
-    for _ in range(3):
-        out_free.put(torch.empty(max_elems * 8, dtype=torch.uint8))
+    def merge_piece(spec: TensorSpec, start: int, count: int, obuf: torch.Tensor) -> torch.Tensor:
+        if not hasattr(local, "read"):
+            # Per-thread buffers, reused for every piece; untouched pages cost no memory, so
+            # sizing them for the worst case (1-byte inputs, float32 sums) is free.
+            local.read = torch.empty(chunk_bytes, dtype=torch.uint8)
+            local.acc = torch.empty(chunk_bytes, dtype=torch.float32)
+            local.scratch = torch.empty(chunk_bytes, dtype=torch.float32)
+        in_dtype = in_specs[spec.name].dtype
+        acc = local.acc[:count]  # (count,) running float32 sum
+        o = obuf[: count * spec.dtype.itemsize].view(spec.dtype)  # (count,)
+        for i, r in enumerate(readers):
+            x = r.read_into(spec.name, start, count, local.read)  # (count,) as stored
+            if in_dtype.is_floating_point:
+                _accumulate(acc, local.scratch[:count], x, ws[i], first=i == 0)
+            elif i == 0:
+                o.copy_(x)
+            elif not torch.equal(o, x):
+                raise ValueError(
+                    f"tensor {spec.name!r} is not floating point ({in_dtype}), so it is copied "
+                    f"rather than averaged, but it differs between checkpoints "
+                    f"{readers[0].path} and {r.path}"
+                )
+        if in_dtype.is_floating_point:
+            o.copy_(acc)
+            _check_finite(o, spec.name)
+        return o
 
     total = sum(r.nbytes for r in readers)
+    writer = ShardedWriter(tmp, out_specs, shard_size)
+    # One output buffer per piece in flight: the bound on memory, whatever N and the model.
+    free = [torch.empty(chunk_bytes * 4, dtype=torch.uint8) for _ in range(2 * workers)]
+    pending: deque[tuple[TensorSpec, torch.Tensor, Future[torch.Tensor]]] = deque()
+    todo = iter(pieces)
+    threads = torch.get_num_threads()
+    # Parallelism comes from the workers; intra-op threads on top would oversubscribe the cores.
+    torch.set_num_threads(1)
     bar = tqdm(
         total=total, unit="B", unit_scale=True, desc="merge", disable=not progress, file=sys.stderr
     )
-    writer = ShardedWriter(tmp, out_specs, shard_size)
-    pending: deque[tuple[_Job, torch.Tensor, Future[torch.Tensor]]] = deque()
-    written: deque[Future[None]] = deque()
-    job_iter = jobs()
-    with (
-        ThreadPoolExecutor(threads, thread_name_prefix="merge-read") as pool,
-        ThreadPoolExecutor(1, thread_name_prefix="merge-write") as wpool,
-        bar,
-    ):
-        try:
-
-            def fill() -> None:
-                while len(pending) < n_buffers - 1:
-                    job = next(job_iter, None)
-                    if job is None:
-                        return
-                    buf = free.get()
-                    fut = pool.submit(
-                        readers[job.index].read_into, job.name, job.start, job.count, buf
-                    )
-                    pending.append((job, buf, fut))
-
-            def write(spec: TensorSpec, piece: torch.Tensor, obuf: torch.Tensor) -> None:
-                try:
-                    writer.write_part(spec.name, piece)
-                finally:
-                    out_free.put(obuf)
-
-            for spec in out_specs:
-                in_dtype = in_specs[spec.name].dtype
-                is_float = in_dtype.is_floating_point
-                for _start, count in _pieces(
-                    math.prod(spec.shape), max(1, chunk_bytes // in_dtype.itemsize)
-                ):
-                    a = acc[:count]  # (count,) running float32 sum
-                    obuf = out_free.get()
-                    o = obuf[: count * spec.dtype.itemsize].view(spec.dtype)  # (count,)
-                    for i in range(n):
-                        fill()
-                        _job, buf, fut = pending.popleft()
-                        x = fut.result()  # (count,) in the stored dtype
-                        if is_float:
-                            _accumulate(a, scratch[:count], x, ws[i], first=i == 0)
-                        elif i == 0:
-                            o.copy_(x)
-                        elif not torch.equal(o, x):
-                            raise ValueError(
-                                f"tensor {spec.name!r} is not floating point ({in_dtype}), so it is "
-                                f"copied rather than averaged, but it differs between checkpoints "
-                                f"{readers[0].path} and {readers[i].path}"
-                            )
-                        free.put(buf)
-                        bar.update(x.numel() * x.element_size())
-                    if is_float:
-                        o.copy_(a)
-                        _check_finite(o, spec.name)
-                    while written and written[0].done():
-                        written.popleft().result()
-                    written.append(wpool.submit(write, spec, o, obuf))
-            for f in written:
-                f.result()
-            writer.close()
-        except BaseException:
-            for _job, _buf, fut in pending:
-                fut.cancel()
-            raise
+    try:
+        with ThreadPoolExecutor(workers, thread_name_prefix="pmalopti-merge") as pool, bar:
+            try:
+                while True:
+                    while free:
+                        piece = next(todo, None)
+                        if piece is None:
+                            break
+                        obuf = free.pop()
+                        pending.append((piece[0], obuf, pool.submit(merge_piece, *piece, obuf)))
+                    if not pending:
+                        break
+                    spec, obuf, fut = pending.popleft()
+                    o = fut.result()
+                    writer.write_part(spec.name, o)
+                    free.append(obuf)
+                    bar.update(o.numel() * in_specs[spec.name].dtype.itemsize * len(readers))
+                writer.close()
+            except BaseException:
+                for _spec, _obuf, fut in pending:
+                    fut.cancel()
+                raise
+    finally:
+        torch.set_num_threads(threads)
     return {
         "tensors": len(out_specs),
         "bytes_read": total,
