@@ -335,8 +335,9 @@ class GRPOTrainer:
             raise FileNotFoundError(f"{ckpt}: no *.safetensors weights")
         weights = {k: v for f in files for k, v in load_file(str(f)).items()}
         missing, unexpected = self.model.load_state_dict(weights, strict=False)
-        tied = set(getattr(self.model, "_tied_weights_keys", None) or [])
-        if unexpected or [k for k in missing if k not in tied and "lm_head" not in k]:
+        # Tied weights (lm_head = embeddings) are saved once; only they may be missing.
+        tied = set(getattr(self.model, "all_tied_weights_keys", None) or {})
+        if unexpected or [k for k in missing if k not in tied]:
             raise ValueError(f"{ckpt}: weights do not match the model ({missing=}, {unexpected=})")
         self.load_state_dict(load_state(ckpt))
         if self.run_dir is not None and (f := self.run_dir / "log.jsonl").is_file():
