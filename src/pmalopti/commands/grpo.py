@@ -4,6 +4,10 @@ pmalopti grpo --config configs/grpo_tiny.yaml
 pmalopti grpo --config configs/grpo_tiny.yaml --set algo.alpha=0.3 --set algo.eta=0.5
 pmalopti grpo --config configs/grpo_kk_qwen2.5-3b.yaml --init-from runs/merged   # PMA-init
 pmalopti grpo --config configs/grpo_tiny.yaml --resume                           # continue
+
+Config sections (every field documented in pmalopti/train/grpo_config.py and the README):
+output_dir, seed, model.*, task.*, rollout.*, algo.* (alpha = AR, eta = Lopti), optim.*, train.*.
+Without --config the defaults are a tiny CPU run on the arithmetic task.
 """
 
 from __future__ import annotations
