@@ -1,0 +1,255 @@
+"""GRPO vs + AR vs + Lopti vs + AR + Lopti on Knights and Knaves with a tiny model (arXiv 2505.12929).
+
+The analogue of the paper's K&K table and Fig. 1 at CPU scale, reproduced end to end:
+
+1. data    generated puzzles: a pre-training corpus (2-4 people, prompt + worked solution), SFT
+           pairs (2-3 people) and the held-out evaluation set (`pmalopti kk generate --split
+           test`, 40 puzzles each of 2, 3 and 4 people);
+2. base    `pmalopti pretrain` on the corpus, then `pmalopti sft` on the pairs: the one fine-tuned
+           model every GRPO run starts from;
+3. grpo    `pmalopti grpo` for the 4 variants x the seeds, `--parallel` processes at a time, one
+           torch thread each (a finished run is skipped, an interrupted one resumed);
+4. report  results.md (the table, every seed), summary.json and the PNG figures.
+
+    python experiments/rl_kk/run.py                       # everything (about 50 minutes on 2 cores)
+    python experiments/rl_kk/run.py --stage report        # rebuild the table/figures from the logs
+
+How it differs from the paper: a ~1M-parameter Llama-style model pre-trained and fine-tuned here
+(paper: Qwen2.5-3B/7B-Instruct), 2-3 people in training (paper: 3-7), 8 x 8 rollouts for 40 steps
+(paper: 64 x 8 for hundreds of steps), beta = 0 (paper 1e-3), lr 2e-4 (paper 1e-6).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+
+VARIANTS: dict[str, list[str]] = {
+    "GRPO": ["algo.alpha=0.0", "algo.eta=null"],
+    "+AR": ["algo.alpha=0.3", "algo.eta=null"],
+    "+Lopti": ["algo.alpha=0.0", "algo.eta=0.5"],
+    "+AR+Lopti": ["algo.alpha=0.3", "algo.eta=0.5"],
+}
+SLUG = {"GRPO": "grpo", "+AR": "ar", "+Lopti": "lopti", "+AR+Lopti": "ar-lopti"}
+EVAL_PEOPLE = (2, 3, 4)
+EVAL_PER_SIZE = 40
+
+
+def pmalopti(*argv: str, log: Path | None = None, wait: bool = True):
+    """Run one `pmalopti` command in a child process with one torch thread."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "pmalopti", *argv]
+    print("$ pmalopti " + " ".join(argv), flush=True)
+    out = open(log, "a") if log else None  # noqa: SIM115 - closed by the caller through the process
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT if out else None
+    )
+    if not wait:
+        return proc
+    rc = proc.wait()
+    if out:
+        out.close()
+    if rc != 0:
+        raise SystemExit(
+            f"command failed with exit code {rc}: {' '.join(cmd)}"
+            + (f" (see {log})" if log else "")
+        )
+    return proc
+
+
+# --- 1. data -----------------------------------------------------------------------------------
+
+
+def stage_data(runs: Path) -> None:
+    from pmalopti.fsutil import atomic_write_text
+    from pmalopti.tasks import get_task
+
+    data = runs / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    for p in EVAL_PEOPLE:
+        out = data / f"test{p}.jsonl"
+        if not out.exists():
+            pmalopti(
+                "kk",
+                "generate",
+                "--people",
+                str(p),
+                "--n",
+                str(EVAL_PER_SIZE),
+                "--split",
+                "test",
+                "--seed",
+                "1",
+                "-o",
+                str(out),
+            )
+    corpus = data / "corpus.jsonl"
+    if not corpus.exists():  # prompt + worked solution as plain documents for pre-training
+        task = get_task("kk", people=2, people_max=4)
+        rows = task.samples("train", n=6000, seed=0)
+        atomic_write_text(
+            corpus,
+            "".join(json.dumps({"text": task.prompt(s) + task.target(s)}) + "\n" for s in rows),
+        )
+    pairs = data / "sft.jsonl"
+    if not pairs.exists():  # prompt -> target pairs, loss on the target only
+        task = get_task("kk", people=2, people_max=3)
+        rows = task.samples("train", n=3000, seed=1)
+        atomic_write_text(
+            pairs,
+            "".join(
+                json.dumps({"prompt": task.prompt(s), "target": task.target(s)}) + "\n"
+                for s in rows
+            ),
+        )
+
+
+# --- 2. the fine-tuned base model --------------------------------------------------------------
+
+
+def newest_checkpoint(run: Path) -> Path:
+    ckpts = sorted(run.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    if not ckpts:
+        raise SystemExit(f"{run}: no checkpoint-* folder")
+    return ckpts[-1]
+
+
+def stage_base(runs: Path) -> Path:
+    pre, sft = runs / "pretrain", runs / "sft"
+    if not (pre / "checkpoint-400").exists():
+        pmalopti(
+            "pretrain",
+            "--config",
+            str(HERE / "pretrain.yaml"),
+            "--set",
+            f"data.path={runs / 'data' / 'corpus.jsonl'}",
+            "-o",
+            str(pre),
+            "--force",
+        )
+    if not (sft / "eval.json").exists():
+        pmalopti(
+            "sft",
+            "--config",
+            str(HERE / "sft.yaml"),
+            "--set",
+            f"data.path={runs / 'data' / 'sft.jsonl'}",
+            "--init-from",
+            str(newest_checkpoint(pre)),
+            "-o",
+            str(sft),
+            "--force",
+        )
+    return newest_checkpoint(sft)
+
+
+# --- 3. the GRPO runs ---------------------------------------------------------------------------
+
+
+def run_dir(runs: Path, variant: str, seed: int) -> Path:
+    return runs / "grpo" / f"{SLUG[variant]}-s{seed}"
+
+
+def finished(run: Path, steps: int) -> bool:
+    log = run / "log.jsonl"
+    if not log.exists():
+        return False
+    recs = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    return any(r.get("step") == steps and "eval/accuracy" in r for r in recs)
+
+
+def stage_grpo(runs: Path, base: Path, seeds: list[int], parallel: int, steps: int) -> None:
+    jobs = [(v, s) for s in seeds for v in VARIANTS]  # seed-major: every variant gets seed 0 first
+    running: list[tuple[subprocess.Popen, str]] = []
+    t0 = time.time()
+    for variant, seed in jobs:
+        out = run_dir(runs, variant, seed)
+        if finished(out, steps):
+            print(f"skip {out} (finished)")
+            continue
+        argv = [
+            "grpo",
+            "--config",
+            str(HERE / "grpo.yaml"),
+            "--output-dir",
+            str(out),
+            "--set",
+            f"model.path={base}",
+            "--set",
+            f"seed={seed}",
+            "--set",
+            f"train.steps={steps}",
+            "--set",
+            "task.eval_path="
+            + ",".join(str(runs / "data" / f"test{p}.jsonl") for p in EVAL_PEOPLE),
+        ]
+        for kv in VARIANTS[variant]:
+            argv += ["--set", kv]
+        argv += (
+            ["--resume"]
+            if (out / "config.yaml").exists() and any(out.glob("checkpoint-*"))
+            else ["--force"]
+        )
+        while len(running) >= parallel:
+            running = _reap(running)
+            time.sleep(2)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        running.append((pmalopti(*argv, log=out.parent / f"{out.name}.log", wait=False), str(out)))
+    while running:
+        running = _reap(running)
+        time.sleep(2)
+    print(f"grpo runs done in {time.time() - t0:.0f} s")
+
+
+def _reap(running):
+    still = []
+    for proc, name in running:
+        rc = proc.poll()
+        if rc is None:
+            still.append((proc, name))
+        elif rc != 0:
+            raise SystemExit(f"{name}: pmalopti grpo exited with {rc} (see {name}.log)")
+        else:
+            print(f"done {name}", flush=True)
+    return still
+
+
+# --- main ---------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--stage", choices=["all", "data", "base", "grpo", "report"], default="all")
+    ap.add_argument(
+        "--runs", default=str(ROOT / "runs" / "rl_kk"), help="work folder (git-ignored)"
+    )
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--parallel", type=int, default=2, help="GRPO runs at a time (one thread each)")
+    ap.add_argument("--steps", type=int, default=40, help="GRPO steps per run")
+    ap.add_argument("--out", default=str(HERE), help="where results.md, summary.json, figures go")
+    a = ap.parse_args(argv)
+    runs = Path(a.runs)
+    if a.stage in ("all", "data"):
+        stage_data(runs)
+    if a.stage in ("all", "base", "grpo"):
+        base = stage_base(runs)
+    if a.stage in ("all", "grpo"):
+        stage_grpo(runs, base, a.seeds, a.parallel, a.steps)
+    if a.stage in ("all", "report"):
+        from summarize import write_report  # experiments/rl_kk/summarize.py
+
+        write_report(runs, Path(a.out), seeds=a.seeds, steps=a.steps)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(HERE))
+    raise SystemExit(main())

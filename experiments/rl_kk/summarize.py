@@ -1,0 +1,286 @@
+"""Tables and figures of the RL experiment from the GRPO runs' log.jsonl files (run.py --stage report).
+
+Every seed of every variant is reported; the headline is the final evaluation (greedy, held-out
+puzzles) with mean ± sample standard deviation over seeds. Nothing is selected by best step.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+from run import EVAL_PEOPLE, SLUG, VARIANTS
+
+BUCKETS = ("p<0.25", "0.25<=p<0.5", "0.5<=p<0.75", "p>=0.75")
+BUCKET_TEXT = ("< 0.25", "0.25–0.5", "0.5–0.75", "≥ 0.75")
+COLORS = {"GRPO": "tab:gray", "+AR": "tab:blue", "+Lopti": "tab:orange", "+AR+Lopti": "tab:green"}
+
+
+def read_log(run: Path) -> list[dict]:
+    return [
+        json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()
+    ]
+
+
+def mean_std(xs: list[float]) -> tuple[float, float]:
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def fmt(xs: list[float]) -> str:
+    m, s = mean_std(xs)
+    return f"{m:.3f} ± {s:.3f}"
+
+
+def accuracies(r: dict) -> dict[str, float]:
+    """Overall and per-number-of-people accuracy of one evaluation record."""
+    return {str(p): r[f"eval/accuracy/{p}"] for p in EVAL_PEOPLE} | {"all": r["eval/accuracy"]}
+
+
+def collect(runs: Path, seeds: list[int], steps: int) -> dict:
+    """Per variant and seed: the step-0 and final evaluations, curves, diagnostics, timings."""
+    out: dict = {}
+    for v in VARIANTS:
+        for s in seeds:
+            run = runs / "grpo" / f"{SLUG[v]}-s{s}"
+            if not (run / "log.jsonl").exists():
+                continue
+            recs = read_log(run)
+            evals = [r for r in recs if "eval/accuracy" in r]
+            final = [r for r in evals if r["step"] == steps]
+            if not final:  # an unfinished run is reported as missing, never as a result
+                continue
+            train = [r for r in recs if "reward/mean" in r]
+            diag = [r for r in recs if f"diag/grad_share/{BUCKETS[0]}" in r]
+            low = [r["lopti/low_token_share"] for r in train if "lopti/low_token_share" in r]
+            out.setdefault(v, {})[s] = {
+                "start": accuracies(evals[0]) if evals[0]["step"] == 0 else None,
+                "final": accuracies(final[0]),
+                "eval_curve": [(r["step"], r["eval/accuracy"]) for r in evals],
+                "reward_curve": [(r["step"], r["reward/mean"]) for r in train],
+                "train_acc_last10": statistics.fmean(r["accuracy"] for r in train[-10:]),
+                "reward_last10": statistics.fmean(r["reward/mean"] for r in train[-10:]),
+                "response_length": statistics.fmean(r["response_length/mean"] for r in train),
+                "token_share": {
+                    b: statistics.fmean(r[f"diag/token_share/{b}"] for r in diag) for b in BUCKETS
+                },
+                "grad_share": {
+                    b: statistics.fmean(r[f"diag/grad_share/{b}"] for r in diag) for b in BUCKETS
+                },
+                "diag_steps": len(diag),
+                "low_token_share": statistics.fmean(low) if low else None,
+                "sec_per_step": statistics.fmean(r["time/step"] for r in train),
+                "update_sec": statistics.fmean(r["time/update"] for r in train),
+                "final_eval_reward": final[0]["eval/reward_mean"],
+            }
+    return out
+
+
+def tables(res: dict, seeds: list[int], steps: int) -> str:
+    cols = [str(p) for p in EVAL_PEOPLE] + ["all"]
+    head = (
+        "| variant | "
+        + " | ".join(f"{c} people" if c != "all" else "all" for c in cols)
+        + " | seeds |"
+    )
+    sep = "|---|" + "---:|" * len(cols) + "---:|"
+    lines = [
+        f"**Greedy accuracy on the 120 held-out puzzles after {steps} GRPO steps** (mean ± std over seeds)",
+        "",
+        head,
+        sep,
+    ]
+    start = next((r["start"] for v in res.values() for r in v.values() if r["start"]), None)
+    if start:
+        lines.append(
+            "| fine-tuned model (step 0) | "
+            + " | ".join(f"{start[c]:.3f}" for c in cols)
+            + " | – |"
+        )
+    for v, per_seed in res.items():
+        cells = [fmt([per_seed[s]["final"][c] for s in per_seed]) for c in cols]
+        lines.append(f"| {v} | " + " | ".join(cells) + f" | {len(per_seed)} |")
+    lines += [
+        "",
+        "**Every seed** (final greedy accuracy, all 120 puzzles; 2 / 3 / 4 people in brackets)",
+        "",
+    ]
+    lines += [
+        "| variant | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+        "|---|" + "---:|" * len(seeds),
+    ]
+    for v, per_seed in res.items():
+        cells = []
+        for s in seeds:
+            r = per_seed.get(s)
+            if r is None:
+                cells.append("missing")
+                continue
+            f = r["final"]
+            cells.append(f"{f['all']:.3f} ({' / '.join(f'{f[str(p)]:.2f}' for p in EVAL_PEOPLE)})")
+        lines.append(f"| {v} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "**Training statistics** (mean over seeds; rollouts sampled at T = 0.7)",
+        "",
+        "| variant | train accuracy, last 10 steps | train reward, last 10 steps | response tokens | Lopti low-token share | s/step | update s/step |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for v, per_seed in res.items():
+        rs = list(per_seed.values())
+        low = [r["low_token_share"] for r in rs if r["low_token_share"] is not None]
+        lines.append(
+            f"| {v} | {fmt([r['train_acc_last10'] for r in rs])} | {fmt([r['reward_last10'] for r in rs])} | "
+            f"{statistics.fmean(r['response_length'] for r in rs):.1f} | "
+            f"{(f'{statistics.fmean(low):.3f}' if low else '–')} | "
+            f"{statistics.fmean(r['sec_per_step'] for r in rs):.2f} | {statistics.fmean(r['update_sec'] for r in rs):.2f} |"
+        )
+    lines += [
+        "",
+        "**Token-probability buckets** (the paper's Fig. 1; mean over the diagnostic steps and seeds): share of "
+        "response tokens and share of the policy-gradient norm per π_old bucket, and the per-token gradient "
+        "norm relative to the average token (grad share / token share)",
+        "",
+        "| variant | quantity | " + " | ".join(f"π_old {b}" for b in BUCKET_TEXT) + " |",
+        "|---|---|" + "---:|" * len(BUCKETS),
+    ]
+    for v, per_seed in res.items():
+        rs = list(per_seed.values())
+        ts = [statistics.fmean(r["token_share"][b] for r in rs) for b in BUCKETS]
+        gs = [statistics.fmean(r["grad_share"][b] for r in rs) for b in BUCKETS]
+        lines.append(f"| {v} | token share | " + " | ".join(f"{x:.3f}" for x in ts) + " |")
+        lines.append(f"| {v} | gradient-norm share | " + " | ".join(f"{x:.3f}" for x in gs) + " |")
+        lines.append(
+            f"| {v} | per-token norm (relative) | "
+            + " | ".join(f"{g / t:.2f}" if t > 0 else "–" for g, t in zip(gs, ts, strict=True))
+            + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _sd(a):
+    """Sample std over seeds (rows), or no error bar for a single seed."""
+    return a.std(0, ddof=1) if len(a) > 1 else None
+
+
+def figures(res: dict, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    paths = []
+    # Fig. 1 analogue: token share vs gradient-norm share per π_old bucket, plain GRPO; and how
+    # AR / Lopti runs' gradient shares compare (AR shrinks low-probability tokens' advantages).
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    x = np.arange(len(BUCKETS))
+    g = res.get("GRPO", {})
+    if g:
+        ts = np.array([[r["token_share"][b] for b in BUCKETS] for r in g.values()])
+        gs = np.array([[r["grad_share"][b] for b in BUCKETS] for r in g.values()])
+        axes[0].bar(
+            x - 0.2, ts.mean(0), 0.4, yerr=_sd(ts), label="share of tokens", color="tab:gray"
+        )
+        axes[0].bar(
+            x + 0.2, gs.mean(0), 0.4, yerr=_sd(gs), label="share of gradient norm", color="tab:red"
+        )
+        axes[0].set_title(f"GRPO: tokens vs gradient norm per π_old bucket ({len(g)} seeds)")
+        axes[0].set_xticks(x, BUCKET_TEXT)
+        axes[0].set_xlabel("π_old of the sampled token")
+        axes[0].legend()
+    w = 0.8 / max(len(res), 1)
+    for i, (v, per_seed) in enumerate(res.items()):
+        rs = list(per_seed.values())
+        rel = np.array(
+            [
+                [
+                    r["grad_share"][b] / r["token_share"][b] if r["token_share"][b] > 0 else np.nan
+                    for b in BUCKETS
+                ]
+                for r in rs
+            ]
+        )
+        axes[1].bar(x - 0.4 + w * (i + 0.5), np.nanmean(rel, 0), w, label=v, color=COLORS[v])
+    axes[1].axhline(1.0, color="k", lw=0.8, ls=":")
+    axes[1].set_title("per-token gradient norm / average token")
+    axes[1].set_xticks(x, BUCKET_TEXT)
+    axes[1].set_xlabel("π_old of the sampled token")
+    axes[1].legend()
+    fig.tight_layout()
+    p = out / "token_prob_buckets.png"
+    fig.savefig(p, dpi=120)
+    plt.close(fig)
+    paths.append(p)
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for v, per_seed in res.items():
+        curves = [r["eval_curve"] for r in per_seed.values()]
+        steps = [s for s, _ in curves[0]]
+        ys = np.array([[a for _, a in c] for c in curves])
+        axes[0].plot(steps, ys.mean(0), marker="o", label=v, color=COLORS[v])
+        if len(ys) > 1:
+            axes[0].fill_between(
+                steps,
+                ys.mean(0) - ys.std(0, ddof=1),
+                ys.mean(0) + ys.std(0, ddof=1),
+                alpha=0.15,
+                color=COLORS[v],
+            )
+        rc = np.array([[y for _, y in r["reward_curve"]] for r in per_seed.values()])
+        k = 5  # moving average over steps, for readability only
+        sm = np.convolve(rc.mean(0), np.ones(k) / k, mode="valid")
+        axes[1].plot(np.arange(k, k + len(sm)), sm, label=v, color=COLORS[v])
+    axes[0].set_title("held-out greedy accuracy (mean ± std over seeds)")
+    axes[0].set_xlabel("GRPO step")
+    axes[1].set_title("training reward (rollout mean, 5-step moving average)")
+    axes[1].set_xlabel("GRPO step")
+    for a in axes:
+        a.legend()
+    fig.tight_layout()
+    p = out / "curves.png"
+    fig.savefig(p, dpi=120)
+    plt.close(fig)
+    paths.append(p)
+    return paths
+
+
+def base_summary(runs: Path) -> dict:
+    """The pre-training and SFT stages' last losses, read from their metrics.jsonl."""
+    out = {}
+    for name in ("pretrain", "sft"):
+        f = runs / name / "metrics.jsonl"
+        if not f.exists():
+            continue
+        recs = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+        vals = [r for r in recs if "val_loss" in r]
+        out[name] = {
+            "steps": recs[-1].get("step"),
+            "train_loss_last": recs[-1].get("loss"),
+            "val_loss": [(r["step"], r["val_loss"]) for r in vals],
+            "seconds": sum(r.get("step_time", 0.0) for r in recs),
+        }
+    return out
+
+
+def write_report(runs: Path, out: Path, *, seeds: list[int], steps: int) -> None:
+    from pmalopti.fsutil import atomic_write_json, atomic_write_text
+
+    res = collect(runs, seeds, steps)
+    if not res:
+        raise SystemExit(f"{runs}/grpo: no finished GRPO run to report")
+    out.mkdir(parents=True, exist_ok=True)
+    md = tables(res, seeds, steps)
+    atomic_write_text(out / "results.md", md)
+    atomic_write_json(
+        out / "summary.json",
+        {
+            "steps": steps,
+            "seeds": seeds,
+            "base": base_summary(runs),
+            "runs": {v: {str(s): r for s, r in d.items()} for v, d in res.items()},
+        },
+    )
+    for p in figures(res, out):
+        print(f"wrote {p}")
+    print(md)
