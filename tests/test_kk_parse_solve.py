@@ -103,12 +103,14 @@ def test_unique_solution_is_none_unless_exactly_one_assignment_fits():
 def test_ten_thousand_eight_person_puzzles_solve_in_seconds():
     import time
 
-    puzzles = [p["statements"] for p in iter_puzzles(200, people=8, seed=1)]
-    start = time.perf_counter()
-    for trees in puzzles:
-        assert len(solve(trees)) == 1
-    per_puzzle = (time.perf_counter() - start) / len(puzzles)
-    assert per_puzzle * 10_000 < 10.0, f"{per_puzzle * 1e6:.0f} us per puzzle"
+    texts = [format_statements(p["statements"]) for p in iter_puzzles(100, people=8, seed=1)]
+    best = float("inf")
+    for _ in range(3):  # the fastest of three passes: robust to a busy machine
+        start = time.perf_counter()
+        sols = [solve(t) for t in texts]
+        best = min(best, time.perf_counter() - start)
+    assert all(len(s) == 1 for s in sols)
+    assert best / len(texts) * 10_000 < 10.0, f"{best / len(texts) * 1e6:.0f} us per puzzle"
 
 
 @pytest.mark.parametrize(
