@@ -235,9 +235,8 @@ HOSTILE = {
 def test_megabyte_hostile_responses_are_scored_well_under_a_second(name):
     text = HOSTILE[name]
     assert len(text) >= 1_000_000
-    start = time.perf_counter()
-    kk_reward(text, NAMES, SOLUTION)
-    assert time.perf_counter() - start < 0.5  # ~0.05 s measured on a loaded 2-core box
+    seconds = _best_time(lambda: kk_reward(text, NAMES, SOLUTION), reps=2)
+    assert seconds < 0.5  # ~0.05 s measured on a loaded 2-core box
 
 
 def _best_time(fn, reps: int = 5) -> float:
