@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -101,25 +103,37 @@ def test_stop_strings_spanning_several_tokens_are_found_once(lm):
     )
 
 
+@contextlib.contextmanager
+def eos_first_in_rows(model, eos: int, rows: list[int]):
+    """Make eos the overwhelming choice of `rows` on the prompt pass only (the first call)."""
+    calls = []
+
+    def hook(module, inputs, logits):
+        calls.append(1)
+        if len(calls) > 1:
+            return logits
+        logits = logits.clone()
+        logits[rows, :, eos] += 1e3
+        return logits
+
+    handle = model.lm_head.register_forward_hook(hook)
+    try:
+        yield calls
+    finally:
+        handle.remove()
+
+
 def test_eos_ends_a_response_is_kept_in_its_mask_and_the_rest_is_padding(lm):
     model, tok = lm
     ids, mask = tokenize_prompts(tok, PROMPTS, 64, "cpu")
     eos = tok.eos_token_id
-
-    def favour_eos_in_rows_0_and_2(module, inputs, logits):
-        logits = logits.clone()
-        logits[[0, 2], :, eos] += 1e3
-        return logits
-
-    handle = model.lm_head.register_forward_hook(favour_eos_in_rows_0_and_2)
-    try:
+    with eos_first_in_rows(model, eos, [0, 2]):
         roll = sample_loop(model, tok, ids, mask, max_new_tokens=5, temperature=1.0)
-    finally:
-        handle.remove()
-    assert roll.lengths.tolist()[0] == 1 and roll.lengths.tolist()[2] == 1
+    assert roll.lengths[[0, 2]].tolist() == [1, 1]
     assert roll.response_ids[0, 0] == eos and roll.texts[0] == ""
     assert roll.response_mask[0].tolist() == [True] + [False] * 4
     assert (roll.response_ids[0, 1:] == tok.pad_token_id).all()
+    assert not roll.truncated[0] and not roll.truncated[2]
     for i in (1, 3):  # rows without a large eos logit: eos is rare, most run to the limit
         n = int(roll.lengths[i])
         assert roll.truncated[i] == (eos not in roll.response_ids[i, :n].tolist())
@@ -129,3 +143,15 @@ def test_over_long_prompts_are_refused_with_their_length(lm):
     _, tok = lm
     with pytest.raises(ValueError, match=r"more than rollout\.max_prompt_tokens=2"):
         tokenize_prompts(tok, ["1 + 3 = 4 and more"], 2, "cpu")
+
+
+def test_dropping_finished_rows_keeps_the_other_rows_greedy_tokens(lm):
+    model, tok = lm
+    ids, mask = tokenize_prompts(tok, PROMPTS, 64, "cpu")
+    with eos_first_in_rows(model, tok.eos_token_id, [0, 2]):
+        ours = sample_loop(model, tok, ids, mask, max_new_tokens=8, greedy=True)
+    with eos_first_in_rows(model, tok.eos_token_id, [0, 2]):
+        theirs = sample_hf(model, tok, ids, mask, max_new_tokens=8, greedy=True)
+    assert ours.lengths[[0, 2]].tolist() == [1, 1]
+    assert torch.equal(ours.response_ids, theirs.response_ids)
+    assert torch.equal(ours.response_mask, theirs.response_mask)

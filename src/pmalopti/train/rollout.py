@@ -150,16 +150,17 @@ def sample_loop(
     """Sample (or greedily decode) up to `max_new_tokens` per row with a KV cache.
 
     Each token is drawn from softmax(logits / T) in float32 (no top-k/top-p), the distribution
-    whose log-probs the trainer uses as π_old. Rows that ended keep feeding pad tokens until all
-    rows end; their outputs are discarded.
+    whose log-probs the trainer uses as π_old. Rows that ended are dropped from the batch and
+    the KV cache once they are a quarter of it, so long-tailed response lengths do not keep
+    paying for finished rows.
     """
     b = prompt_ids.shape[0]
     device = prompt_ids.device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids(tokenizer)[0]
     eos = torch.tensor(eos_ids(tokenizer, model), device=device)
     stops = StopStrings(tokenizer, stop)
-    attn = prompt_mask.long()  # (B, L + t)
-    pos = positions(attn)[:, -1:]  # (B, 1)
+    attn = prompt_mask.long()  # (A, L + t), A = rows still in the batch
+    pos = positions(attn)[:, -1:]  # (A, 1)
     cache = DynamicCache(config=model.config)
     out = model(
         input_ids=prompt_ids,
@@ -171,36 +172,42 @@ def sample_loop(
     )
     tokens = torch.full((b, max_new_tokens), pad, dtype=torch.long, device=device)  # (B, N)
     lengths = torch.full((b,), max_new_tokens, dtype=torch.long, device=device)  # (B,)
-    done = torch.zeros(b, dtype=torch.bool, device=device)  # (B,)
-    ones = torch.ones((b, 1), dtype=attn.dtype, device=device)
+    finished = torch.zeros(b, dtype=torch.bool, device=device)  # (B,)
+    rows = torch.arange(b, device=device)  # (A,) batch row of each row still sampled
+    dead = torch.zeros(b, dtype=torch.bool, device=device)  # (A,) ended, not yet dropped
     for t in range(max_new_tokens):
-        logits = out.logits[:, -1].float()  # (B, V)
+        logits = out.logits[:, -1].float()  # (A, V)
         if greedy:
-            tok = logits.argmax(-1)  # (B,)
+            tok = logits.argmax(-1)  # (A,)
         else:
-            probs = torch.softmax(logits / temperature, dim=-1)  # (B, V)
-            tok = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
-        tok = torch.where(done, torch.full_like(tok, pad), tok)
-        tokens[:, t] = tok
-        ended = torch.isin(tok, eos) & ~done  # (B,)
+            probs = torch.softmax(logits / temperature, dim=-1)  # (A, V)
+            tok = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (A,)
+        tok = torch.where(dead, torch.full_like(tok, pad), tok)
+        tokens[rows, t] = tok
+        ended = torch.isin(tok, eos) & ~dead  # (A,)
         if stops:
-            rows = (~done & ~ended).nonzero().squeeze(-1)
-            if rows.numel():
-                ended[rows] |= stops.hits(tokens, t, rows).to(device)
-        lengths = torch.where(ended, torch.full_like(lengths, t + 1), lengths)
-        done |= ended
-        if bool(done.all()) or t == max_new_tokens - 1:
+            live = (~dead & ~ended).nonzero().squeeze(-1)
+            if live.numel():
+                ended[live] |= stops.hits(tokens, t, rows[live]).to(device)
+        lengths[rows[ended]] = t + 1
+        finished[rows[ended]] = True
+        dead |= ended
+        if bool(dead.all()) or t == max_new_tokens - 1:
             break
-        attn = torch.cat([attn, ones], dim=1)
+        if int(dead.sum()) >= max(1, dead.numel() // 4):
+            keep = (~dead).nonzero().squeeze(-1)  # (A',)
+            cache.batch_select_indices(keep)
+            attn, pos, tok, rows, dead = attn[keep], pos[keep], tok[keep], rows[keep], dead[keep]
+        attn = torch.cat([attn, attn.new_ones((attn.shape[0], 1))], dim=1)
         pos = pos + 1
         out = model(
             input_ids=tok[:, None],
             attention_mask=attn,
             position_ids=pos,
-            past_key_values=out.past_key_values,
+            past_key_values=cache,
             use_cache=True,
         )
-    return _finish(tokenizer, prompt_ids, prompt_mask, tokens, lengths, ~done, pad)
+    return _finish(tokenizer, prompt_ids, prompt_mask, tokens, lengths, ~finished, pad)
 
 
 class _HFStop(StoppingCriteria):
