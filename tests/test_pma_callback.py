@@ -77,12 +77,25 @@ def make_trainer(setup, out, callbacks, **overrides):
     )
 
 
+class LogSpy(TrainerCallback):
+    """What a reporter (TensorBoard, W&B) receives."""
+
+    def __init__(self) -> None:
+        self.logs: list[dict] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.logs.append({**logs, "step": state.global_step})
+
+
 @pytest.fixture(scope="module")
 def run(setup, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    rec, pma = Recorder(), PMACallback(**SCHEDULE)
-    trainer = make_trainer(setup, out, [rec, pma])
+    rec, spy = Recorder(), LogSpy()
+    trainer = make_trainer(setup, out, [rec, spy])
+    pma = PMACallback(**SCHEDULE, trainer=trainer)  # as TRL's callbacks take their trainer
+    trainer.add_callback(pma)
     trainer.train()
+    trainer.spy = spy
     return out, trainer, rec, pma
 
 
@@ -114,6 +127,9 @@ def test_the_merged_eval_loss_is_logged_beside_the_live_one_and_matches_trainer_
     for step, e in entries.items():
         assert e["eval_pma_step"] == step
         assert e["eval_pma_loss"] != pytest.approx(e["eval_loss"], abs=1e-6)  # not the live model
+    # reporters get it through trainer.log at the same step
+    reported = {e["step"]: e["eval_pma_loss"] for e in trainer.spy.logs if "eval_pma_loss" in e}
+    assert reported == {s: e["eval_pma_loss"] for s, e in entries.items()}
     # the same rule as the Trainer's own eval loss: evaluate the written folder with a Trainer
     merged = AutoModelForCausalLM.from_pretrained(out / "pma-8", dtype=torch.float32)
     args = TrainingArguments(
