@@ -29,16 +29,21 @@ def _texts(seed: int, n: int) -> list[str]:
 
 def run_example(out: Path, *, force: bool) -> int:
     import torch
+    from transformers.utils import logging as hf_logging
 
     t0 = time.perf_counter()
     out = out.resolve()
     threads = torch.get_num_threads()
+    bars = hf_logging.is_progress_bar_enabled()
     # A model this small trains fastest on one thread; more only add synchronisation.
     torch.set_num_threads(1)
+    hf_logging.disable_progress_bar()  # no "Writing model shards" bar per checkpoint
     try:
         return _run(out, force=force, t0=t0)
     finally:
         torch.set_num_threads(threads)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def _run(out: Path, *, force: bool, t0: float) -> int:

@@ -129,7 +129,7 @@ def merge_checkpoints(
     (bf16 | fp16 | fp32). Other tensors are copied from the newest input and must be equal in
     all. The output is a Hugging Face folder (sharded safetensors of at most `shard_size` bytes,
     config and tokenizer files of the newest input, `pmalopti_merge.json` with `metadata`).
-    Memory: about 15 x `chunk_bytes` per worker thread (default: one per core, at most 8),
+    Memory: a few pieces of `chunk_bytes` per worker thread (default: one per core, at most 8),
     whatever N and the model size.
     """
     ckpts = [p if isinstance(p, Checkpoint) else describe(p) for p in paths]
@@ -142,6 +142,8 @@ def merge_checkpoints(
     workers = workers or min(8, os.cpu_count() or 1)
     if workers < 1 or chunk_bytes < 64:
         raise ValueError("workers >= 1 and chunk_bytes >= 64 are required")
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be positive, got {shard_size}")
     out = Path(out_dir)
     check_output_dir(out, force=force, inputs=[c.path for c in ckpts])
     with ExitStack() as stack:
@@ -172,12 +174,12 @@ def merge_checkpoints(
                 copy_model_files(newest.model_dir, tmp, dtype=out_dtype)
             stats = _stream(readers, ws, out_specs, tmp, shard_size, workers, chunk_bytes, progress)
             write_metadata(tmp, {**record, **stats})
-    msg = (
-        f"merged {stats['tensors']} tensors from {len(ckpts)} checkpoints: read "
-        f"{stats['bytes_read'] / 1e9:.2f} GB, wrote {stats['bytes_written'] / 1e9:.2f} GB in "
-        f"{stats['seconds']:.2f} s ({stats['bytes_read'] / 1e9 / max(stats['seconds'], 1e-9):.2f} GB/s read) -> {out}"
+    gb_read, secs = stats["bytes_read"] / 1e9, stats["seconds"]
+    log.info(
+        f"merged {stats['tensors']} tensors from {len(ckpts)} checkpoints: read {gb_read:.2f} GB, "
+        f"wrote {stats['bytes_written'] / 1e9:.2f} GB in {secs:.2f} s "
+        f"({gb_read / max(secs, 1e-9):.2f} GB/s read) -> {out}"
     )
-    log.info(msg)
     return out.resolve()
 
 
