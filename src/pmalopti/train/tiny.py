@@ -31,14 +31,26 @@ Arch = Literal["llama", "qwen2"]
 
 
 def build_tokenizer(
-    texts: Iterable[str], vocab_size: int = 1024, *, extra_special: list[str] | None = None
+    texts: Iterable[str],
+    vocab_size: int = 1024,
+    *,
+    extra_special: list[str] | None = None,
+    split_digits: bool = False,
 ) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer trained on `texts` (every string encodes; nothing is unknown).
 
     `vocab_size` counts the 256 byte symbols, the merges and the special tokens.
+    `split_digits` makes every digit its own token (as Llama/Qwen tokenizers do), which makes
+    arithmetic much easier to learn for a tiny model than BPE's uneven digit merges.
     """
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if split_digits:
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Digits(individual_digits=True), byte_level]
+        )
+    else:
+        tok.pre_tokenizer = byte_level
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     specials = [EOS, PAD, *(extra_special or [])]
