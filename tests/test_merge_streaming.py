@@ -167,6 +167,20 @@ def test_single_safetensors_files_and_bin_files_merge_like_folders(tmp_path):
     inputs = [tmp_path / "a.safetensors", tmp_path / "binck", paths[2]]
     b = read_all(merge_checkpoints(inputs, w, tmp_path / "b", progress=False, chunk_bytes=64))
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # Sharded .bin with a pytorch_model.bin.index.json, read one file at a time.
+    (tmp_path / "binsharded").mkdir()
+    names = list(states[1])
+    wmap = {}
+    for i, part in enumerate((names[:3], names[3:])):
+        fname = f"pytorch_model-{i + 1:05d}-of-00002.bin"
+        torch.save({n: states[1][n] for n in part}, tmp_path / "binsharded" / fname)
+        wmap |= dict.fromkeys(part, fname)
+    (tmp_path / "binsharded" / "pytorch_model.bin.index.json").write_text(
+        json.dumps({"weight_map": wmap})
+    )
+    inputs[1] = tmp_path / "binsharded"
+    c = read_all(merge_checkpoints(inputs, w, tmp_path / "c", progress=False, chunk_bytes=64))
+    assert all(torch.equal(a[k], c[k]) for k in a)
 
 
 def test_output_is_sharded_with_an_index_and_copies_config_and_tokenizer(tmp_path):
