@@ -1,7 +1,8 @@
 """Write a Hugging Face model folder: sharded safetensors + index, config and tokenizer files.
 
-`write_hf_checkpoint` is the one-call form (used by the merge and by training callbacks);
-`ShardWriter` and `plan_shards` are the streaming pieces the merge drives tensor by tensor.
+`write_hf_checkpoint` is the one-call form (used by training callbacks); `plan_shards` and
+`ShardedWriter` are the streaming pieces the merge drives piece by piece: each shard's header is
+laid out from the tensor specs before its first byte, so data is appended as it is computed.
 Everything is written into a temporary folder that is renamed into place when complete.
 """
 
