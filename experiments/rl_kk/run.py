@@ -112,7 +112,7 @@ def stage_data(runs: Path) -> None:
         )
 
 
-# --- 2. the fine-tuned base model --------------------------------------------------------------
+# --- 2. the fine-tuned base models ------------------------------------------------------------
 
 
 def newest_checkpoint(run: Path) -> Path:
@@ -122,7 +122,8 @@ def newest_checkpoint(run: Path) -> Path:
     return ckpts[-1]
 
 
-def stage_base(runs: Path) -> Path:
+def base_kk(runs: Path) -> Path:
+    """pretrain on K&K text, then SFT on 2-3-person pairs (experiments/rl_kk/{pretrain,sft}.yaml)."""
     pre, sft = runs / "pretrain", runs / "sft"
     if not (pre / "checkpoint-400").exists():
         pmalopti(
@@ -151,11 +152,62 @@ def stage_base(runs: Path) -> Path:
     return newest_checkpoint(sft)
 
 
+def base_arith(runs: Path) -> Path:
+    """The repository's tiny recipe: configs/pretrain_tiny.yaml on arithmetic text, configs/sft_tiny.yaml."""
+    pre, sft = runs / "arith_pretrain", runs / "arith_sft"
+    if not (pre / "checkpoint-600").exists():
+        pmalopti(
+            "pretrain",
+            "--config",
+            str(ROOT / "configs" / "pretrain_tiny.yaml"),
+            "--set",
+            "data.builtin=arithmetic",
+            "--set",
+            "report.enabled=false",
+            "--set",
+            "train.threads=1",
+            "-o",
+            str(pre),
+            "--force",
+        )
+    if not (sft / "eval.json").exists():
+        pmalopti(
+            "sft",
+            "--config",
+            str(ROOT / "configs" / "sft_tiny.yaml"),
+            "--init-from",
+            str(pre / "checkpoint-600"),
+            "--set",
+            "train.steps=600",
+            "--set",
+            "schedule.decay_steps=200",
+            "--set",
+            "data.eval_generate=200",
+            "--set",
+            "train.threads=1",
+            "-o",
+            str(sft),
+            "--force",
+        )
+    return newest_checkpoint(sft)
+
+
 # --- 3. the GRPO runs ---------------------------------------------------------------------------
 
+TASKS = {  # task -> (GRPO config, base-model builder)
+    "kk": ("grpo.yaml", base_kk),
+    "arith": ("grpo_arith.yaml", base_arith),
+}
 
-def run_dir(runs: Path, variant: str, seed: int) -> Path:
-    return runs / "grpo" / f"{SLUG[variant]}-s{seed}"
+
+def task_steps(task: str) -> int:
+    import yaml
+
+    return int(yaml.safe_load((HERE / TASKS[task][0]).read_text())["train"]["steps"])
+
+
+def run_dir(runs: Path, task: str, variant: str, seed: int) -> Path:
+    return runs / "grpo" / task / f"{SLUG[variant]}-s{seed}"
 
 
 def finished(run: Path, steps: int) -> bool:
@@ -166,43 +218,55 @@ def finished(run: Path, steps: int) -> bool:
     return any(r.get("step") == steps and "eval/accuracy" in r for r in recs)
 
 
-def stage_grpo(runs: Path, base: Path, seeds: list[int], parallel: int, steps: int) -> None:
-    jobs = [(v, s) for s in seeds for v in VARIANTS]  # seed-major: every variant gets seed 0 first
+def grpo_argv(runs: Path, task: str, variant: str, seed: int, base: Path) -> list[str]:
+    out = run_dir(runs, task, variant, seed)
+    argv = [
+        "grpo",
+        "--config",
+        str(HERE / TASKS[task][0]),
+        "--output-dir",
+        str(out),
+        "--set",
+        f"model.path={base}",
+        "--set",
+        f"seed={seed}",
+    ]
+    if task == "kk":
+        evals = ",".join(str(runs / "data" / f"test{p}.jsonl") for p in EVAL_PEOPLE)
+        # The start is the same greedy evaluation of the same model for every run: do it once per seed.
+        argv += [
+            "--set",
+            f"task.eval_path={evals}",
+            "--set",
+            f"train.eval_at_start={variant == 'GRPO'}",
+        ]
+    for kv in VARIANTS[variant]:
+        argv += ["--set", kv]
+    resumable = (out / "config.yaml").exists() and any(out.glob("checkpoint-*"))
+    return argv + (["--resume"] if resumable else ["--force"])
+
+
+def stage_grpo(runs: Path, tasks: list[str], seeds: list[int], parallel: int) -> None:
+    bases = {t: TASKS[t][1](runs) for t in tasks}
+    # seed-major: every variant of a task gets seed 0 before any gets seed 1
+    jobs = [(t, v, s) for t in tasks for s in seeds for v in VARIANTS]
     running: list[tuple[subprocess.Popen, str]] = []
     t0 = time.time()
-    for variant, seed in jobs:
-        out = run_dir(runs, variant, seed)
-        if finished(out, steps):
+    for task, variant, seed in jobs:
+        out = run_dir(runs, task, variant, seed)
+        if finished(out, task_steps(task)):
             print(f"skip {out} (finished)")
             continue
-        argv = [
-            "grpo",
-            "--config",
-            str(HERE / "grpo.yaml"),
-            "--output-dir",
-            str(out),
-            "--set",
-            f"model.path={base}",
-            "--set",
-            f"seed={seed}",
-            "--set",
-            f"train.steps={steps}",
-            "--set",
-            "task.eval_path="
-            + ",".join(str(runs / "data" / f"test{p}.jsonl") for p in EVAL_PEOPLE),
-        ]
-        for kv in VARIANTS[variant]:
-            argv += ["--set", kv]
-        argv += (
-            ["--resume"]
-            if (out / "config.yaml").exists() and any(out.glob("checkpoint-*"))
-            else ["--force"]
-        )
         while len(running) >= parallel:
             running = _reap(running)
             time.sleep(2)
         out.parent.mkdir(parents=True, exist_ok=True)
-        running.append((pmalopti(*argv, log=out.parent / f"{out.name}.log", wait=False), str(out)))
+        proc = pmalopti(
+            *grpo_argv(runs, task, variant, seed, bases[task]),
+            log=out.parent / f"{out.name}.log",
+            wait=False,
+        )
+        running.append((proc, str(out)))
     while running:
         running = _reap(running)
         time.sleep(2)
@@ -231,22 +295,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--runs", default=str(ROOT / "runs" / "rl_kk"), help="work folder (git-ignored)"
     )
+    ap.add_argument("--tasks", nargs="+", choices=list(TASKS), default=list(TASKS))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--parallel", type=int, default=2, help="GRPO runs at a time (one thread each)")
-    ap.add_argument("--steps", type=int, default=40, help="GRPO steps per run")
     ap.add_argument("--out", default=str(HERE), help="where results.md, summary.json, figures go")
     a = ap.parse_args(argv)
     runs = Path(a.runs)
     if a.stage in ("all", "data"):
         stage_data(runs)
-    if a.stage in ("all", "base", "grpo"):
-        base = stage_base(runs)
+    if a.stage == "base":
+        for t in a.tasks:
+            TASKS[t][1](runs)
     if a.stage in ("all", "grpo"):
-        stage_grpo(runs, base, a.seeds, a.parallel, a.steps)
+        stage_grpo(runs, a.tasks, a.seeds, a.parallel)
     if a.stage in ("all", "report"):
         from summarize import write_report  # experiments/rl_kk/summarize.py
 
-        write_report(runs, Path(a.out), seeds=a.seeds, steps=a.steps)
+        for t in a.tasks:
+            write_report(runs, Path(a.out), task=t, seeds=a.seeds, steps=task_steps(t))
     return 0
 
 

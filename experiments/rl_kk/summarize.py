@@ -10,7 +10,7 @@ import json
 import statistics
 from pathlib import Path
 
-from run import EVAL_PEOPLE, SLUG, VARIANTS
+from run import SLUG, VARIANTS
 
 BUCKETS = ("p<0.25", "0.25<=p<0.5", "0.5<=p<0.75", "p>=0.75")
 BUCKET_TEXT = ("< 0.25", "0.25–0.5", "0.5–0.75", "≥ 0.75")
@@ -21,6 +21,10 @@ def read_log(run: Path) -> list[dict]:
     return [
         json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()
     ]
+
+
+def _mean(xs: list[float]) -> float:
+    return statistics.fmean(xs) if xs else float("nan")
 
 
 def mean_std(xs: list[float]) -> tuple[float, float]:
@@ -34,15 +38,30 @@ def fmt(xs: list[float]) -> str:
 
 def accuracies(r: dict) -> dict[str, float]:
     """Overall and per-number-of-people accuracy of one evaluation record."""
-    return {str(p): r[f"eval/accuracy/{p}"] for p in EVAL_PEOPLE} | {"all": r["eval/accuracy"]}
+    per = {k.rsplit("/", 1)[1]: v for k, v in r.items() if k.startswith("eval/accuracy/")}
+    return dict(sorted(per.items(), key=lambda kv: int(kv[0]))) | {"all": r["eval/accuracy"]}
 
 
-def collect(runs: Path, seeds: list[int], steps: int) -> dict:
+def run_config(run: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load((run / "config.yaml").read_text())
+
+
+def n_eval(run: Path) -> int | str:
+    """Number of evaluation samples: the eval files' rows, else task.eval_size."""
+    t = run_config(run)["task"]
+    if t.get("eval_path"):
+        return sum(len(Path(p).read_text().splitlines()) for p in t["eval_path"].split(","))
+    return t["eval_size"]
+
+
+def collect(runs: Path, task: str, seeds: list[int], steps: int) -> dict:
     """Per variant and seed: the step-0 and final evaluations, curves, diagnostics, timings."""
     out: dict = {}
     for v in VARIANTS:
         for s in seeds:
-            run = runs / "grpo" / f"{SLUG[v]}-s{s}"
+            run = runs / "grpo" / task / f"{SLUG[v]}-s{s}"
             if not (run / "log.jsonl").exists():
                 continue
             recs = read_log(run)
@@ -51,7 +70,14 @@ def collect(runs: Path, seeds: list[int], steps: int) -> dict:
             if not final:  # an unfinished run is reported as missing, never as a result
                 continue
             train = [r for r in recs if "reward/mean" in r]
-            diag = [r for r in recs if f"diag/grad_share/{BUCKETS[0]}" in r]
+            # A diagnostic micro-batch whose advantages are all 0 (every group tied) has no gradient
+            # and all-zero shares: it says nothing about where the gradient goes, so it is skipped.
+            diag = [
+                r
+                for r in recs
+                if f"diag/grad_share/{BUCKETS[0]}" in r
+                and sum(r[f"diag/grad_share/{b}"] for b in BUCKETS) > 0
+            ]
             low = [r["lopti/low_token_share"] for r in train if "lopti/low_token_share" in r]
             out.setdefault(v, {})[s] = {
                 "start": accuracies(evals[0]) if evals[0]["step"] == 0 else None,
@@ -72,37 +98,45 @@ def collect(runs: Path, seeds: list[int], steps: int) -> dict:
                 "sec_per_step": statistics.fmean(r["time/step"] for r in train),
                 "update_sec": statistics.fmean(r["time/update"] for r in train),
                 "final_eval_reward": final[0]["eval/reward_mean"],
+                "n_eval": n_eval(run),
+                "temperature": run_config(run)["rollout"]["temperature"],
             }
     return out
 
 
-def tables(res: dict, seeds: list[int], steps: int) -> str:
-    cols = [str(p) for p in EVAL_PEOPLE] + ["all"]
+UNITS = {"kk": ("people", "held-out puzzles"), "arith": ("digits", "held-out problems")}
+
+
+def tables(res: dict, task: str, seeds: list[int], steps: int) -> str:
+    unit, what = UNITS[task]
+    first = next(iter(next(iter(res.values())).values()))
+    cols = list(first["final"])  # difficulties ("2", "3", ...) then "all"
+    n_eval = first["n_eval"]
     head = (
         "| variant | "
-        + " | ".join(f"{c} people" if c != "all" else "all" for c in cols)
+        + " | ".join(f"{c} {unit}" if c != "all" else "all" for c in cols)
         + " | seeds |"
     )
     sep = "|---|" + "---:|" * len(cols) + "---:|"
     lines = [
-        f"**Greedy accuracy on the 120 held-out puzzles after {steps} GRPO steps** (mean ± std over seeds)",
+        f"**Greedy accuracy on {n_eval} {what} after {steps} GRPO steps** (mean ± std over seeds)",
         "",
         head,
         sep,
     ]
-    start = next((r["start"] for v in res.values() for r in v.values() if r["start"]), None)
-    if start:
+    starts = [r["start"] for v in res.values() for r in v.values() if r["start"]]
+    if starts:
         lines.append(
             "| fine-tuned model (step 0) | "
-            + " | ".join(f"{start[c]:.3f}" for c in cols)
-            + " | – |"
+            + " | ".join(fmt([st[c] for st in starts]) for c in cols)
+            + f" | {len(starts)} evals |"
         )
     for v, per_seed in res.items():
         cells = [fmt([per_seed[s]["final"][c] for s in per_seed]) for c in cols]
         lines.append(f"| {v} | " + " | ".join(cells) + f" | {len(per_seed)} |")
     lines += [
         "",
-        "**Every seed** (final greedy accuracy, all 120 puzzles; 2 / 3 / 4 people in brackets)",
+        f"**Every seed** (final greedy accuracy, all; {' / '.join(cols[:-1])} {unit} in brackets)",
         "",
     ]
     lines += [
@@ -117,11 +151,11 @@ def tables(res: dict, seeds: list[int], steps: int) -> str:
                 cells.append("missing")
                 continue
             f = r["final"]
-            cells.append(f"{f['all']:.3f} ({' / '.join(f'{f[str(p)]:.2f}' for p in EVAL_PEOPLE)})")
+            cells.append(f"{f['all']:.3f} ({' / '.join(f'{f[c]:.2f}' for c in cols[:-1])})")
         lines.append(f"| {v} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "**Training statistics** (mean over seeds; rollouts sampled at T = 0.7)",
+        f"**Training statistics** (mean over seeds; rollouts sampled at T = {first['temperature']})",
         "",
         "| variant | train accuracy, last 10 steps | train reward, last 10 steps | response tokens | Lopti low-token share | s/step | update s/step |",
         "|---|---:|---:|---:|---:|---:|---:|",
@@ -163,7 +197,7 @@ def _sd(a):
     return a.std(0, ddof=1) if len(a) > 1 else None
 
 
-def figures(res: dict, out: Path) -> list[Path]:
+def figures(res: dict, out: Path, task: str) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -208,7 +242,7 @@ def figures(res: dict, out: Path) -> list[Path]:
     axes[1].set_xlabel("π_old of the sampled token")
     axes[1].legend()
     fig.tight_layout()
-    p = out / "token_prob_buckets.png"
+    p = out / f"{task}_token_prob_buckets.png"
     fig.savefig(p, dpi=120)
     plt.close(fig)
     paths.append(p)
@@ -238,17 +272,17 @@ def figures(res: dict, out: Path) -> list[Path]:
     for a in axes:
         a.legend()
     fig.tight_layout()
-    p = out / "curves.png"
+    p = out / f"{task}_curves.png"
     fig.savefig(p, dpi=120)
     plt.close(fig)
     paths.append(p)
     return paths
 
 
-def base_summary(runs: Path) -> dict:
+def base_summary(runs: Path, task: str) -> dict:
     """The pre-training and SFT stages' last losses, read from their metrics.jsonl."""
     out = {}
-    for name in ("pretrain", "sft"):
+    for name in ("pretrain", "sft") if task == "kk" else ("arith_pretrain", "arith_sft"):
         f = runs / name / "metrics.jsonl"
         if not f.exists():
             continue
@@ -263,24 +297,24 @@ def base_summary(runs: Path) -> dict:
     return out
 
 
-def write_report(runs: Path, out: Path, *, seeds: list[int], steps: int) -> None:
+def write_report(runs: Path, out: Path, *, task: str, seeds: list[int], steps: int) -> None:
     from pmalopti.fsutil import atomic_write_json, atomic_write_text
 
-    res = collect(runs, seeds, steps)
+    res = collect(runs, task, seeds, steps)
     if not res:
-        raise SystemExit(f"{runs}/grpo: no finished GRPO run to report")
+        raise SystemExit(f"{runs}/grpo/{task}: no finished GRPO run to report")
     out.mkdir(parents=True, exist_ok=True)
-    md = tables(res, seeds, steps)
-    atomic_write_text(out / "results.md", md)
+    md = tables(res, task, seeds, steps)
+    atomic_write_text(out / f"results_{task}.md", md)
     atomic_write_json(
-        out / "summary.json",
+        out / f"summary_{task}.json",
         {
             "steps": steps,
             "seeds": seeds,
-            "base": base_summary(runs),
+            "base": base_summary(runs, task),
             "runs": {v: {str(s): r for s, r in d.items()} for v, d in res.items()},
         },
     )
-    for p in figures(res, out):
+    for p in figures(res, out, task):
         print(f"wrote {p}")
     print(md)
