@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pmalopti.config import to_dict
+from pmalopti.fsutil import atomic_write_text
 from pmalopti.rl import group_advantages, reweight_advantages
 from pmalopti.train.grpo_config import GRPOConfig
 from pmalopti.train.grpo_state import (
@@ -128,6 +129,7 @@ class GRPOTrainer:
         self.stream = PromptStream(len(train_samples), cfg.seed)
         self.step = 0
         self._stop = False
+        self.interrupted = False
         self._tb = None
 
     # ------------------------------------------------------------------ rollout
@@ -342,7 +344,7 @@ class GRPOTrainer:
         self.load_state_dict(load_state(ckpt))
         if self.run_dir is not None and (f := self.run_dir / "log.jsonl").is_file():
             keep = [ln for ln in f.read_text().splitlines() if json.loads(ln)["step"] <= self.step]
-            f.write_text("".join(ln + "\n" for ln in keep))
+            atomic_write_text(f, "".join(ln + "\n" for ln in keep))
 
     # ------------------------------------------------------------------ loop
     def _log(self, rec: dict[str, Any]) -> None:
@@ -383,7 +385,7 @@ class GRPOTrainer:
     def train(self) -> list[dict[str, Any]]:
         """Run until `train.steps`; returns the step records. Sets `interrupted` on Ctrl-C."""
         t = self.cfg.train
-        self.interrupted = False
+        self._stop = self.interrupted = False
         records = []
         bar = tqdm(
             total=t.steps,
