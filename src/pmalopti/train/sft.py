@@ -11,6 +11,7 @@ import dataclasses
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -25,6 +26,8 @@ log = logging.getLogger(__name__)
 class SFTDataConfig:
     task: str = "arithmetic"
     """task whose samples, prompts and reference targets make the data (arithmetic, kk, math)"""
+    task_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """keyword arguments of get_task (e.g. {max_digits: 2}), as grpo's task.kwargs"""
     path: str = ""
     """a .jsonl / .parquet file with prompt and target columns (overrides task samples)"""
     prompt_field: str = "prompt"
@@ -112,7 +115,7 @@ def load_pairs(cfg: SFTConfig) -> tuple[list[dict], list[dict], object | None]:
         return [rows[i] for i in order[n_val:]], [rows[i] for i in order[:n_val]], None
     from pmalopti.tasks import get_task
 
-    task = get_task(d.task)
+    task = get_task(d.task, **d.task_kwargs)
 
     def rows(split: str, n: int) -> list[dict]:
         return [
