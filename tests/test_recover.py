@@ -75,6 +75,16 @@ def test_the_median_window_forgets_old_history():
     assert find_spike(steps, losses, factor=2.0, window=40) is None
 
 
+def test_bumps_before_the_end_of_warmup_are_not_judged():
+    steps = list(range(1, 41))
+    losses = [3.0] * 40
+    losses[9] = 9.0  # step 10, inside a 20-step warmup
+    losses[29] = 7.0  # step 30
+    assert find_spike(steps, losses).step == 10
+    spike = find_spike(steps, losses, after=20)
+    assert spike.step == 30 and "after step 20" in spike.rule
+
+
 def test_checkpoints_are_taken_only_when_their_own_loss_precedes_the_spike(spiky_run):
     run, _ = spiky_run
     # the loss at step 7 is measured on checkpoint-6's weights, so 6 is excluded.

@@ -29,10 +29,13 @@ class Spike:
     median: float
     factor: float
     window: int
+    after: int = 0
 
     @property
     def rule(self) -> str:
-        return f"loss > {self.factor:g} x median of the previous {self.window} logged losses"
+        return f"loss > {self.factor:g} x median of the previous {self.window} logged losses" + (
+            f", after step {self.after}" if self.after else ""
+        )
 
     def describe(self) -> str:
         ratio = (
@@ -51,8 +54,13 @@ def find_spike(
     factor: float = 2.0,
     window: int = 20,
     min_history: int = 5,
+    after: int = 0,
 ) -> Spike | None:
-    """The first step whose loss exceeds `factor` x the median of up to `window` previous losses.
+    """The first step after `after` whose loss exceeds `factor` x the median of up to `window`
+    previous losses.
+
+    `after` is usually the warmup length: loss bumps while the LR is still rising are transients
+    of the warmup, not the spikes of the constant-LR phase that PMA recovery is for.
 
     A non-finite loss (NaN/inf) is a spike. Needs `min_history` earlier losses before judging, so
     the fast early descent is never mistaken for a spike (a falling loss cannot exceed its median
@@ -64,28 +72,45 @@ def find_spike(
         raise ValueError("spike window and min_history must be >= 1")
     history: list[float] = []
     for s, x in zip(steps, losses, strict=True):
-        if len(history) >= min_history:
+        if s > after and len(history) >= min_history:
             med = statistics.median(history[-window:])
             if not math.isfinite(x) or x > factor * med:
-                return Spike(step=int(s), loss=float(x), median=med, factor=factor, window=window)
+                return Spike(int(s), float(x), med, factor, window, after)
         if math.isfinite(x):
             history.append(float(x))
     return None
 
 
-def spike_from_log(run_dir: Path, *, factor: float, window: int) -> Spike:
+def spike_from_log(run_dir: Path, *, factor: float, window: int, after: int | None = None) -> Spike:
+    """The spike in RUN/metrics.jsonl; `after` defaults to the run's warmup length."""
+    if after is None:
+        after = _warmup_steps(Path(run_dir))
     rows = [r for r in read_metrics(Path(run_dir) / "metrics.jsonl") if "loss" in r]
     if not rows:
         raise ValueError(f"{run_dir}/metrics.jsonl has no loss values")
     spike = find_spike(
-        [r["step"] for r in rows], [float(r["loss"]) for r in rows], factor=factor, window=window
+        [r["step"] for r in rows],
+        [float(r["loss"]) for r in rows],
+        factor=factor,
+        window=window,
+        after=after,
     )
     if spike is None:
         raise ValueError(
             f"no loss spike in {run_dir}/metrics.jsonl by the rule loss > {factor:g} x median of the previous "
-            f"{window} losses; lower --factor or give --spike-step"
+            f"{window} losses after step {after}; lower --factor or give --spike-step"
         )
     return spike
+
+
+def _warmup_steps(run_dir: Path) -> int:
+    import yaml
+
+    f = run_dir / "config.yaml"
+    if not f.is_file():
+        return 0
+    cfg = yaml.safe_load(f.read_text(encoding="utf-8")) or {}
+    return int((cfg.get("schedule") or {}).get("warmup_steps", 0))
 
 
 def checkpoints_before(run_dir: Path, spike_step: int, last: int) -> list[tuple[int, Path]]:
@@ -127,6 +152,7 @@ def merge_before_spike(
     spike_step: int | None = None,
     factor: float = 2.0,
     window: int = 20,
+    after: int | None = None,
     method: str = "sma",
     force: bool = False,
 ) -> Recovery:
@@ -137,7 +163,7 @@ def merge_before_spike(
     run_dir = Path(run_dir)
     spike = None
     if spike_step is None:
-        spike = spike_from_log(run_dir, factor=factor, window=window)
+        spike = spike_from_log(run_dir, factor=factor, window=window, after=after)
         spike_step = spike.step
     chosen = checkpoints_before(run_dir, spike_step, last)
     weights = method_weights(method, len(chosen))
