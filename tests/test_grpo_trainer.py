@@ -277,3 +277,25 @@ def test_a_saved_model_folder_trains_with_a_kl_reference_and_bf16_autocast(tmp_p
     rec = json.loads((out / "log.jsonl").read_text().splitlines()[-1])
     assert "actor/kl" in rec and rec["actor/kl"] >= 0
     assert not (out / "init").exists()  # a real model is never copied into the run folder
+
+
+def test_resume_is_exact_with_the_generate_engine_too(tmp_path):
+    """`generate` samples from the global torch RNG, which the checkpoint also restores."""
+    over = ["rollout.engine=hf", "rollout.max_new_tokens=3", "train.steps=2", "train.save_every=1"]
+
+    def trainer(run_dir, *more):
+        model, tok = _tiny()
+        return GRPOTrainer(
+            _cfg(*over, *more), model, tok, FirstCharTask(), train_samples=SAMPLES, run_dir=run_dir
+        )
+
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    torch.manual_seed(123)
+    want = trainer(tmp_path / "a").train()
+    torch.manual_seed(123)
+    trainer(tmp_path / "b", "train.steps=1").train()
+    torch.manual_seed(999)  # whatever the RNG holds now, the checkpoint's state wins
+    resumed = trainer(tmp_path / "b")
+    resumed.resume(tmp_path / "b" / "checkpoint-1")
+    got = resumed.train()
+    assert [_loss_keys(r) for r in got] == [_loss_keys(r) for r in want[1:]]
