@@ -155,3 +155,20 @@ def test_dropping_finished_rows_keeps_the_other_rows_greedy_tokens(lm):
     assert ours.lengths[[0, 2]].tolist() == [1, 1]
     assert torch.equal(ours.response_ids, theirs.response_ids)
     assert torch.equal(ours.response_mask, theirs.response_mask)
+
+
+def test_generate_ignores_the_checkpoints_sampling_defaults(lm):
+    model, tok = lm
+    ids, mask = tokenize_prompts(tok, PROMPTS, 64, "cpu")
+    want = sample_loop(model, tok, ids, mask, max_new_tokens=8, greedy=True)
+    saved = model.generation_config.to_dict()
+    # What Qwen2.5-Instruct ships (plus an extreme penalty), which would bias π_old.
+    model.generation_config.update(
+        top_k=20, top_p=0.8, repetition_penalty=5.0, no_repeat_ngram_size=1
+    )
+    try:
+        got = sample_hf(model, tok, ids, mask, max_new_tokens=8, greedy=True)
+    finally:
+        model.generation_config.update(**saved)
+    assert model.generation_config.repetition_penalty == saved.get("repetition_penalty", 1.0)
+    assert torch.equal(got.response_ids, want.response_ids)

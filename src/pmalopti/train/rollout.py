@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 from transformers import (
     DynamicCache,
+    GenerationConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     StoppingCriteria,
@@ -246,17 +247,25 @@ def sample_hf(
         if greedy
         else {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
     )
-    out = model.generate(
-        input_ids=prompt_ids,
-        attention_mask=prompt_mask,
-        max_new_tokens=max_new_tokens,
-        eos_token_id=eos,
-        pad_token_id=pad,
-        stopping_criteria=StoppingCriteriaList(
-            [_HFStop(stops, prompt_ids.shape[1])] if stop else []
-        ),
-        **kw,
-    )
+    # A checkpoint's generation_config (Qwen2.5-Instruct: top_k 20, top_p 0.8, repetition
+    # penalty 1.05) would silently change the sampling distribution away from π_old; generate()
+    # fills unset options from it, so it is swapped for a neutral one during the call.
+    saved = model.generation_config
+    model.generation_config = GenerationConfig(eos_token_id=eos, pad_token_id=pad)
+    try:
+        out = model.generate(
+            input_ids=prompt_ids,
+            attention_mask=prompt_mask,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=eos,
+            pad_token_id=pad,
+            stopping_criteria=StoppingCriteriaList(
+                [_HFStop(stops, prompt_ids.shape[1])] if stop else []
+            ),
+            **kw,
+        )
+    finally:
+        model.generation_config = saved
     tokens = out[:, prompt_ids.shape[1] :]  # (B, N')
     b, n = tokens.shape
     lengths = torch.full((b,), n, dtype=torch.long, device=tokens.device)
