@@ -38,7 +38,7 @@ def test_greedy_loop_decodes_the_same_tokens_as_transformers_generate(lm):
     assert ours.texts == theirs.texts
 
 
-def test_left_padding_does_not_change_a_rows_log_probs(lm):
+def test_padding_and_trimming_do_not_change_a_rows_log_probs(lm):
     model, tok = lm
     ids, mask = tokenize_prompts(tok, PROMPTS, 64, "cpu")
     g = torch.Generator().manual_seed(0)
@@ -47,7 +47,8 @@ def test_left_padding_does_not_change_a_rows_log_probs(lm):
         batched, _ = response_logprobs(
             model, ids, mask, roll.response_ids, roll.response_mask, temperature=0.7
         )
-        for i in range(len(PROMPTS)):
+        assert (batched[~roll.response_mask] == 0).all()
+        for i in range(len(PROMPTS)):  # each row alone: no left padding, its own length
             keep = mask[i].bool()
             n = int(roll.response_mask[i].sum())
             alone, _ = response_logprobs(

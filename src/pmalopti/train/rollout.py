@@ -294,13 +294,21 @@ def response_logprobs(
 ) -> tuple[Tensor, Tensor | None]:
     """log π(o_t | prompt, o_<t) at temperature T for every response column: (B, R).
 
-    Differentiable when called with grad enabled. Only the R + 1 last positions go through the
-    LM head (`logits_to_keep`), so prompts cost no vocabulary-sized activations. With
+    Differentiable when called with grad enabled. Only the response positions go through the
+    LM head (`logits_to_keep`), so prompts cost no vocabulary-sized activations. Columns that
+    are padding in every row (left of the longest prompt, right of the longest response of
+    *these* rows) are cut before the forward pass and come back as zeros, so a micro-batch of
+    short responses does not pay for the longest response of the rollout batch. With
     `with_entropy`, also the per-token entropy of softmax(logits / T), without gradient.
     """
-    r = response_ids.shape[1]
-    ids = torch.cat([prompt_ids, response_ids], dim=1)  # (B, L + R)
-    attn = torch.cat([prompt_mask.long(), response_mask.long()], dim=1)  # (B, L + R)
+    r_full = response_ids.shape[1]
+    used = response_mask.bool().any(0).nonzero()  # response columns some row uses
+    r = int(used.max()) + 1 if used.numel() else 1
+    first = int(prompt_mask.long().argmax(-1).min())  # first column any row's prompt uses
+    prompt_ids, prompt_mask = prompt_ids[:, first:], prompt_mask[:, first:]
+    response_ids, response_mask = response_ids[:, :r], response_mask[:, :r]
+    ids = torch.cat([prompt_ids, response_ids], dim=1)  # (B, L' + r)
+    attn = torch.cat([prompt_mask.long(), response_mask.long()], dim=1)  # (B, L' + r)
     out = model(
         input_ids=ids,
         attention_mask=attn,
@@ -308,15 +316,16 @@ def response_logprobs(
         use_cache=False,
         logits_to_keep=r + 1,
     )
-    logits = out.logits[:, :-1].float() / temperature  # (B, R, V)
-    lse = torch.logsumexp(logits, dim=-1)  # (B, R)
-    logp = logits.gather(-1, response_ids.unsqueeze(-1)).squeeze(-1) - lse  # (B, R)
+    logits = out.logits[:, :-1].float() / temperature  # (B, r, V)
+    lse = torch.logsumexp(logits, dim=-1)  # (B, r)
+    logp = logits.gather(-1, response_ids.unsqueeze(-1)).squeeze(-1) - lse  # (B, r)
     entropy = None
     if with_entropy:
         with torch.no_grad():
-            p = torch.softmax(logits.detach(), dim=-1)  # (B, R, V)
-            entropy = lse.detach() - (p * logits.detach()).sum(-1)  # (B, R)
-    return logp, entropy
+            p = torch.softmax(logits.detach(), dim=-1)  # (B, r, V)
+            entropy = lse.detach() - (p * logits.detach()).sum(-1)  # (B, r)
+            entropy = torch.nn.functional.pad(entropy, (0, r_full - r))  # (B, R)
+    return torch.nn.functional.pad(logp, (0, r_full - r)), entropy  # (B, R)
 
 
 def autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
