@@ -250,3 +250,30 @@ def test_a_non_empty_run_folder_is_not_overwritten_and_resume_needs_a_checkpoint
     assert main(["pretrain", "-o", str(tmp_path / "r"), "--resume"]) == 2
     assert "no checkpoint-* folder" in capsys.readouterr().err
     assert (tmp_path / "r" / "notes.txt").read_text() == "mine"
+
+
+def test_init_from_starts_at_step_zero_from_the_given_weights_with_their_tokenizer(
+    tiny_run, tmp_path
+):
+    run, _ = tiny_run
+    out = tmp_path / "ct"
+    args = ["pretrain", "-o", str(out), "--init-from", str(run / "checkpoint-6")]
+    for s in [*TINY, "train.steps=2", "schedule.decay_steps=0", "report.enabled=false"]:
+        args += ["--set", s]
+    assert main(args) == 0
+    rows = read_metrics(out / "metrics.jsonl")
+    scratch = read_metrics(run / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2] and rows[0]["tokens"] == 4 * 32
+    # Same first batch (same seed); the trained weights start far below a fresh model.
+    assert rows[0]["loss"] < scratch[0]["loss"] - 0.25
+    assert (out / "checkpoint-2" / "tokenizer.json").read_text() == (
+        run / "checkpoint-6" / "tokenizer.json"
+    ).read_text()
+
+
+def test_report_only_mode_prints_the_table_of_a_finished_run(tiny_run, capsys):
+    run, _ = tiny_run
+    assert main(["pretrain", "--report", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "| step | tokens | live | SMA | WMA | EMA α=0.1 | EMA α=0.2 |" in out
+    assert "Annealed model" in out
