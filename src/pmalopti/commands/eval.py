@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-
 HELP = "validation loss and perplexity of Hugging Face checkpoints on a data file"
 
 
@@ -15,7 +13,6 @@ def register(subparsers) -> None:
         + ". Each checkpoint tokenizes the text with its own tokenizer; documents are joined with"
         " EOS and packed into blocks of --max-length tokens. A run folder stands for all its"
         " checkpoints. Example: pmalopti eval runs/tiny/checkpoint-400 merged/ --data runs/tiny/data/val.jsonl",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("checkpoints", nargs="+", metavar="CKPT", help="model folders or run folders")
     p.add_argument(
@@ -24,13 +21,20 @@ def register(subparsers) -> None:
         metavar="FILE",
         help=".txt, .jsonl, .parquet or a saved datasets folder",
     )
-    p.add_argument("--text-field", default="text", help="column / JSON field with the text")
-    p.add_argument("--batch-size", type=int, default=8, help="blocks per forward pass")
-    p.add_argument("--max-length", type=int, default=512, help="tokens per block")
+    p.add_argument(
+        "--text-field", default="text", help="column / JSON field with the text (default: text)"
+    )
+    p.add_argument("--batch-size", type=int, default=8, help="blocks per forward pass (default: 8)")
+    p.add_argument("--max-length", type=int, default=512, help="tokens per block (default: 512)")
     p.add_argument(
         "--max-blocks", type=int, default=0, help="evaluate at most this many blocks (0 = all)"
     )
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where to run")
+    p.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default="auto",
+        help="where to run (default: auto)",
+    )
     p.add_argument("--json", metavar="OUT", help="also write the results as JSON")
     p.set_defaults(func=run)
 

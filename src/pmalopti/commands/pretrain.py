@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -17,7 +16,6 @@ def register(subparsers) -> None:
         help=HELP,
         description=HELP
         + ". Example: pmalopti pretrain --config configs/pretrain_tiny.yaml -o runs/tiny",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_config_args(p)
     p.add_argument(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -15,7 +14,6 @@ def register(subparsers) -> None:
         help=HELP,
         description=HELP
         + ". Example: pmalopti recover --run-dir runs/spiky --last 4 -o runs/spiky-pma --resume",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--run-dir", required=True, metavar="RUN", help="a pmalopti pretrain run folder")
     p.add_argument(
@@ -32,15 +30,24 @@ def register(subparsers) -> None:
         help="merge the N newest checkpoints saved before the spike",
     )
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="merged checkpoint folder")
-    p.add_argument("--method", default="sma", help="sma, wma or ema:<alpha>")
+    p.add_argument("--method", default="sma", help="sma (default), wma or ema:<alpha>")
     p.add_argument(
-        "--factor", type=float, default=2.0, help="spike rule: loss > FACTOR x rolling median"
+        "--factor",
+        type=float,
+        default=2.0,
+        help="spike rule: loss > FACTOR x rolling median (default 2.0)",
     )
     p.add_argument(
         "--window",
         type=int,
         default=20,
-        help="spike rule: median of the previous WINDOW logged losses",
+        help="spike rule: median of the previous WINDOW logged losses (default 20)",
+    )
+    p.add_argument(
+        "--after",
+        type=int,
+        metavar="STEP",
+        help="spike rule: only judge steps after STEP (default: the run's warmup length)",
     )
     p.add_argument(
         "--resume", action="store_true", help="continue training from the merged weights"
@@ -52,7 +59,7 @@ def register(subparsers) -> None:
         "--optimizer",
         choices=["fresh", "newest"],
         default="fresh",
-        help="--resume: fresh AdamW state (PMA-init) or the newest merged checkpoint's",
+        help="--resume: fresh AdamW state (PMA-init, default) or the newest merged checkpoint's",
     )
     p.add_argument(
         "--set",
@@ -78,6 +85,7 @@ def run(args) -> int:
         args.output,
         last=args.last,
         spike_step=args.spike_step,
+        after=args.after,
         factor=args.factor,
         window=args.window,
         method=args.method,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -18,7 +17,6 @@ def register(subparsers) -> None:
         help=HELP,
         description=HELP
         + ". Example: pmalopti sft --config configs/sft_tiny.yaml --init-from runs/tiny/merged -o runs/sft",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_config_args(p)
     p.add_argument("-o", "--output", metavar="RUN", required=True, help="run folder")
