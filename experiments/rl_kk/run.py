@@ -1,22 +1,27 @@
 """GRPO vs + AR vs + Lopti vs + AR + Lopti on Knights and Knaves with a tiny model (arXiv 2505.12929).
 
-The analogue of the paper's K&K table and Fig. 1 at CPU scale, reproduced end to end:
+The analogue of the paper's K&K table and Fig. 1 at CPU scale, reproduced end to end, plus the
+same 4-way comparison on reversed 1-2 digit addition (the fallback the brief asks for when K&K is
+out of a tiny model's reach):
 
 1. data    generated puzzles: a pre-training corpus (2-4 people, prompt + worked solution), SFT
            pairs (2-3 people) and the held-out evaluation set (`pmalopti kk generate --split
            test`, 40 puzzles each of 2, 3 and 4 people);
-2. base    `pmalopti pretrain` on the corpus, then `pmalopti sft` on the pairs: the one fine-tuned
-           model every GRPO run starts from;
+2. base    K&K: `pmalopti pretrain` on the corpus, then `pmalopti sft` on the pairs; arithmetic:
+           `pmalopti pretrain` (configs/pretrain_tiny.yaml, byte vocabulary, hidden 128 / 4
+           layers), then `pmalopti sft` on reversed sums. One fine-tuned model per task, the start
+           of every GRPO run of that task;
 3. grpo    `pmalopti grpo` for the 4 variants x the seeds, `--parallel` processes at a time, one
            torch thread each (a finished run is skipped, an interrupted one resumed);
-4. report  results.md (the table, every seed), summary.json and the PNG figures.
+4. report  results_<task>.md (the tables, every seed), summary_<task>.json and the PNG figures.
 
-    python experiments/rl_kk/run.py                       # everything (about 50 minutes on 2 cores)
-    python experiments/rl_kk/run.py --stage report        # rebuild the table/figures from the logs
+    python experiments/rl_kk/run.py                       # everything (~60 min on 2 busy cores)
+    python experiments/rl_kk/run.py --stage grpo --tasks kk --seeds 2 --parallel 1   # a slice
+    python experiments/rl_kk/run.py --stage report        # rebuild tables/figures from the logs
 
-How it differs from the paper: a ~1M-parameter Llama-style model pre-trained and fine-tuned here
-(paper: Qwen2.5-3B/7B-Instruct), 2-3 people in training (paper: 3-7), 8 x 8 rollouts for 40 steps
-(paper: 64 x 8 for hundreds of steps), beta = 0 (paper 1e-3), lr 2e-4 (paper 1e-6).
+How it differs from the paper (K&K): a ~1M-parameter Llama-style model pre-trained and fine-tuned
+here (paper: Qwen2.5-3B/7B-Instruct), 2-3 people in training (paper: 3-7), 4 x 8 rollouts for 20
+steps (paper: 64 x 8 for hundreds of steps), beta = 0 (paper 1e-3), lr 5e-4 (paper 1e-6).
 """
 
 from __future__ import annotations

@@ -31,9 +31,9 @@ def mean_std(xs: list[float]) -> tuple[float, float]:
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
-def fmt(xs: list[float]) -> str:
+def fmt(xs: list[float], digits: int = 3) -> str:
     m, s = mean_std(xs)
-    return f"{m:.3f} ± {s:.3f}"
+    return f"{m:.{digits}f} ± {s:.{digits}f}"
 
 
 def accuracies(r: dict) -> dict[str, float]:
@@ -98,6 +98,9 @@ def collect(runs: Path, task: str, seeds: list[int], steps: int) -> dict:
                 "sec_per_step": statistics.fmean(r["time/step"] for r in train),
                 "update_sec": statistics.fmean(r["time/update"] for r in train),
                 "final_eval_reward": final[0]["eval/reward_mean"],
+                "final_eval_length": final[0]["eval/response_length"],
+                "length_first": train[0]["response_length/mean"],
+                "length_last5": statistics.fmean(r["response_length/mean"] for r in train[-5:]),
                 "n_eval": n_eval(run),
                 "temperature": run_config(run)["rollout"]["temperature"],
             }
@@ -157,15 +160,19 @@ def tables(res: dict, task: str, seeds: list[int], steps: int) -> str:
         "",
         f"**Training statistics** (mean over seeds; rollouts sampled at T = {first['temperature']})",
         "",
-        "| variant | train accuracy, last 10 steps | train reward, last 10 steps | response tokens | Lopti low-token share | s/step | update s/step |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| variant | train accuracy, last 10 steps | train reward, last 10 steps | final eval reward | "
+        "response tokens, first step → last 5 steps | final eval response tokens | Lopti low-token share | "
+        "s/step | update s/step |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for v, per_seed in res.items():
         rs = list(per_seed.values())
         low = [r["low_token_share"] for r in rs if r["low_token_share"] is not None]
         lines.append(
             f"| {v} | {fmt([r['train_acc_last10'] for r in rs])} | {fmt([r['reward_last10'] for r in rs])} | "
-            f"{statistics.fmean(r['response_length'] for r in rs):.1f} | "
+            f"{fmt([r['final_eval_reward'] for r in rs])} | "
+            f"{statistics.fmean(r['length_first'] for r in rs):.1f} → {fmt([r['length_last5'] for r in rs], 1)} | "
+            f"{fmt([r['final_eval_length'] for r in rs], 1)} | "
             f"{(f'{statistics.fmean(low):.3f}' if low else '–')} | "
             f"{statistics.fmean(r['sec_per_step'] for r in rs):.2f} | {statistics.fmean(r['update_sec'] for r in rs):.2f} |"
         )
@@ -173,7 +180,7 @@ def tables(res: dict, task: str, seeds: list[int], steps: int) -> str:
         "",
         "**Token-probability buckets** (the paper's Fig. 1; mean over the diagnostic steps and seeds): share of "
         "response tokens and share of the policy-gradient norm per π_old bucket, and the per-token gradient "
-        "norm relative to the average token (grad share / token share)",
+        "norm relative to the average token (grad share / token share, averaged over seeds)",
         "",
         "| variant | quantity | " + " | ".join(f"π_old {b}" for b in BUCKET_TEXT) + " |",
         "|---|---|" + "---:|" * len(BUCKETS),
@@ -184,10 +191,12 @@ def tables(res: dict, task: str, seeds: list[int], steps: int) -> str:
         gs = [statistics.fmean(r["grad_share"][b] for r in rs) for b in BUCKETS]
         lines.append(f"| {v} | token share | " + " | ".join(f"{x:.3f}" for x in ts) + " |")
         lines.append(f"| {v} | gradient-norm share | " + " | ".join(f"{x:.3f}" for x in gs) + " |")
+        rel = [
+            _mean([r["grad_share"][b] / r["token_share"][b] for r in rs if r["token_share"][b] > 0])
+            for b in BUCKETS
+        ]
         lines.append(
-            f"| {v} | per-token norm (relative) | "
-            + " | ".join(f"{g / t:.2f}" if t > 0 else "–" for g, t in zip(gs, ts, strict=True))
-            + " |"
+            f"| {v} | per-token norm (relative) | " + " | ".join(f"{x:.2f}" for x in rel) + " |"
         )
     return "\n".join(lines) + "\n"
 
