@@ -105,7 +105,9 @@ def test_sft_numbers_come_from_each_runs_eval_file_and_log(demo):
         assert run["val_curve"] == [[r["step"], r["val_loss"]] for r in logged]
         assert f"{run['final']['val_loss']:.4f}" in report
         assert 0 <= run["final"]["accuracy"] <= 1
-        assert yaml.safe_load((out / f"sft-from-{name}/config.yaml").read_text())["seed"] == 3
+        saved = yaml.safe_load((out / f"sft-from-{name}/config.yaml").read_text())
+        assert saved["seed"] == 3
+        assert saved["data"]["task_kwargs"] == s["config"]["task_kwargs"] == {"max_digits": 2}
 
 
 def test_grpo_runs_share_their_start_and_seed_and_differ_only_in_ar_and_lopti(demo):
@@ -119,6 +121,7 @@ def test_grpo_runs_share_their_start_and_seed_and_differ_only_in_ar_and_lopti(de
         del c["algo"]["alpha"], c["algo"]["eta"], c["output_dir"]
     assert c_plain == c_ar
     assert c_plain["model"]["init_from"] == s["sft"]["pma"]["checkpoint"]
+    assert c_plain["task"]["kwargs"] == s["config"]["task_kwargs"]
     # Same weights and seed: the first rollout, before any update, is the same.
     assert plain["first_step_reward"] == ar["first_step_reward"]
     assert plain["before"] == ar["before"]
@@ -180,6 +183,7 @@ def test_force_replaces_a_previous_demo_run_but_never_foreign_files(tmp_path):
         ("pretrain.train.save_every=7", "save_every"),
         ("corpus.arithmetic_share=0", "corpus.arithmetic_share"),
         ("sft.data.task=kk", "sft.data.task"),
+        ("grpo.task.kwargs={max_digits: 3}", "grpo.task.kwargs"),
         ("nonsense=1", "nonsense"),
     ],
 )
@@ -192,6 +196,12 @@ def test_bad_setting_on_the_command_line_exits_2_before_any_work(tmp_path, capsy
     assert main(["demo", "--smoke", "--out", str(tmp_path / "x"), "--set", "ar_alpha=2"]) == 2
     assert "ar_alpha" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_one_task_setting_reaches_the_corpus_sft_and_grpo():
+    cfg = load_demo_config(None, ["task_kwargs={max_digits: 1}"], smoke=True)
+    assert cfg.task_kwargs == {"max_digits": 1}
+    assert cfg.sft.data.task_kwargs == cfg.grpo.task.kwargs == {}  # filled in when they run
 
 
 def test_both_presets_are_valid_and_differ_only_in_sizes():

@@ -50,7 +50,12 @@ def run_sft(cfg: DemoConfig, inits: dict[str, str], out: Path) -> dict:
 
     runs = {}
     for name in cfg.sft_inits:
-        scfg = dataclasses.replace(cfg.sft, seed=cfg.seed, init_from=inits[name])
+        scfg = dataclasses.replace(
+            cfg.sft,
+            seed=cfg.seed,
+            init_from=inits[name],
+            data=dataclasses.replace(cfg.sft.data, task_kwargs=dict(cfg.task_kwargs)),
+        )
         run_dir = out / f"sft-from-{name}"
         log.info("demo: SFT from %s (%s)", name, inits[name])
         start = evaluate_start(scfg, inits[name])
@@ -92,6 +97,7 @@ def run_grpo(cfg: DemoConfig, init: str, out: Path) -> dict:
             output_dir=str(run_dir),
             model=dataclasses.replace(cfg.grpo.model, path=None, init_from=init),
             algo=dataclasses.replace(cfg.grpo.algo, **algo),
+            task=dataclasses.replace(cfg.grpo.task, kwargs=dict(cfg.task_kwargs)),
         )
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(gcfg, run_dir / "config.yaml")

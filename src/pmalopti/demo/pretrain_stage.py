@@ -20,7 +20,7 @@ import torch
 
 from pmalopti.demo.config import DemoConfig
 from pmalopti.fsutil import atomic_write_text
-from pmalopti.train.data import builtin_texts, grammar_document, lm_batch
+from pmalopti.train.data import grammar_document, lm_batch
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +31,13 @@ def write_corpus(cfg: DemoConfig, path: Path) -> dict:
     Arithmetic documents come from the task's "train" split only, so the SFT and GRPO evaluation
     problems (its "test" split) are never seen in pre-training.
     """
+    from pmalopti.tasks import get_task
+
+    task = get_task(cfg.sft.data.task, **cfg.task_kwargs)
     n_arith = round(cfg.corpus.docs * cfg.corpus.arithmetic_share)
-    texts = builtin_texts("arithmetic", n_arith, cfg.seed)
+    texts = [
+        task.prompt(s) + task.target(s) for s in task.samples("train", n=n_arith, seed=cfg.seed)
+    ]
     rng = random.Random(f"demo-grammar/{cfg.seed}")
     texts += [grammar_document(rng) for _ in range(cfg.corpus.docs - n_arith)]
     random.Random(cfg.seed).shuffle(texts)
