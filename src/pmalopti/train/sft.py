@@ -28,8 +28,6 @@ class SFTDataConfig:
     """task whose samples, prompts and reference targets make the data (arithmetic, kk, math)"""
     task_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
     """keyword arguments of get_task (e.g. {max_digits: 2}), as grpo's task.kwargs"""
-    task_args: dict[str, Any] = dataclasses.field(default_factory=dict)
-    """keyword arguments of get_task, e.g. {max_digits: 2} for arithmetic"""
     path: str = ""
     """a .jsonl / .parquet file with prompt and target columns (overrides task samples)"""
     prompt_field: str = "prompt"
