@@ -209,7 +209,14 @@ def base_arith(runs: Path) -> Path:
         config, init = str(ROOT / "configs" / "sft_tiny.yaml"), str(pre / "checkpoint-600")
         argv = [*sets(ARITH_SFT), "--set", f"data.path={pairs}"]
         pmalopti("sft", "--config", config, "--init-from", init, *argv, "-o", str(sft), "--force")
-    return newest_checkpoint(sft)
+    # A second SFT stage (fresh AdamW) from the first one's end: its validation loss was still
+    # falling (0.48 nats per answer token) and greedy accuracy was ~1%.
+    sft2 = runs / "arith_sft2"
+    if not (sft2 / "eval.json").exists():
+        config, init = str(ROOT / "configs" / "sft_tiny.yaml"), str(newest_checkpoint(sft))
+        argv = [*sets(ARITH_SFT), "--set", f"data.path={pairs}"]
+        pmalopti("sft", "--config", config, "--init-from", init, *argv, "-o", str(sft2), "--force")
+    return newest_checkpoint(sft2)
 
 
 # --- 3. the GRPO runs ---------------------------------------------------------------------------
