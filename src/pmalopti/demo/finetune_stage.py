@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from pmalopti.demo.config import DemoConfig
+from pmalopti.fsutil import atomic_write_json
 from pmalopti.train.sft import SFTConfig
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ def run_grpo(cfg: DemoConfig, init: str, out: Path) -> dict:
             gcfg, model, tok, task, train_samples=train, eval_samples=evals, run_dir=run_dir
         )
         before = {"step": 0, **trainer.evaluate()}
-        (run_dir / "eval_before.json").write_text(json.dumps(before, indent=2) + "\n")
+        atomic_write_json(run_dir / "eval_before.json", before)
         records = trainer.train()
         runs[name] = {
             "run": str(run_dir),

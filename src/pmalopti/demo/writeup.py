@@ -17,6 +17,10 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
 def accuracy_noise(p1: float, p2: float, n: int) -> float:
     """Standard error of the difference of two accuracies measured on `n` problems each."""
     return math.sqrt((p1 * (1 - p1) + p2 * (1 - p2)) / max(n, 1))
@@ -43,8 +47,7 @@ def pretrain_section(s: dict) -> str:
         "## 1. Pre-training with a WSD schedule and online PMA",
         "",
         f"A {pre['parameters']:,}-parameter {cfg['model']['arch']} model learns from "
-        f"{pre['corpus']['docs']:,} generated documents ({pre['corpus']['arithmetic_docs']:,} "
-        "arithmetic problems with answers, the rest a small knights-and-knaves grammar) for "
+        f"{pre['corpus']['docs']:,} generated documents ({_corpus_words(pre['corpus'])}) for "
         f"{cfg['train']['steps']} steps: warmup to step {first_last[0]}, constant LR "
         f"{cfg['optim']['lr']:g} to step {first_last[1]}, then a {sched['decay_shape']} decay "
         f"over {sched['decay_steps']} steps. Checkpoints every {cfg['train']['save_every']} steps.",
@@ -65,6 +68,15 @@ def pretrain_section(s: dict) -> str:
     lines += [_pretrain_verdict(pma), "", "![pre-training](figures/pretrain.png)", ""]
     lines += [f"Offline PMA figure (loss against tokens): `{_rel(s, pma_path(s))}`.", ""]
     return "\n".join(lines)
+
+
+def _corpus_words(c: dict) -> str:
+    if c["arithmetic_docs"] == c["docs"]:
+        return "arithmetic problems with their answers, from the task's training split"
+    return (
+        f"{c['arithmetic_docs']:,} arithmetic problems with their answers, the rest a small "
+        "knights-and-knaves grammar"
+    )
 
 
 def pma_path(s: dict) -> str:
@@ -141,10 +153,12 @@ def sft_section(s: dict) -> str:
     if "pma" in runs and "latest" in runs:
         p, q = runs["pma"]["final"], runs["latest"]["final"]
         n = p.get("eval_samples", 0)
-        text = f"After SFT, PMA-init is {compare(p['val_loss'], q['val_loss'], 0, 'validation loss', True)}"
+        text = "After SFT, PMA-init against the latest checkpoint: " + compare(
+            p["val_loss"], q["val_loss"], 0, "validation loss", lower_is_better=True
+        )
         if "accuracy" in p and "accuracy" in q:
             se = accuracy_noise(p["accuracy"], q["accuracy"], n)
-            text += f"; in accuracy on {n} problems, {compare(p['accuracy'], q['accuracy'], se, 'accuracy')}"
+            text += f"; on {n} problems, {compare(p['accuracy'], q['accuracy'], se, 'accuracy')}"
         lines += [text + " (one seed).", ""]
     lines += ["![SFT](figures/sft.png)", ""]
     return "\n".join(lines)
@@ -224,12 +238,19 @@ def _grpo_verdict(runs: dict, n: int) -> str:
     a, b = runs[names[1]], runs[names[0]]
     pa, pb = a["after"]["eval/accuracy"], b["after"]["eval/accuracy"]
     se = accuracy_noise(pa, pb, n)
+    rewards = ", ".join(
+        f"{name} {_mean([c['reward/mean'] for c in r['curve'][:5]]):.3f} → "
+        f"{_mean([c['reward/mean'] for c in r['curve'][-5:]]):.3f}"
+        for name, r in runs.items()
+    )
     moved = ", ".join(
         f"{name} {_pct(r['before']['eval/accuracy'])} → {_pct(r['after']['eval/accuracy'])}"
         for name, r in runs.items()
     )
     return (
-        f"Held-out accuracy moved {moved}. Against plain GRPO, {names[1]} is "
+        f"Training reward (first → last 5 steps, sampled at temperature): {rewards}; the "
+        "training problems were also in the pre-training corpus. "
+        f"Held-out accuracy moved {moved}. {names[1]} against plain GRPO: "
         f"{compare(pa, pb, se, 'final accuracy')}. This is one seed of a short run on a tiny "
         "model; the paper's gains (K&K, 3B-7B models) are not expected to show at this scale."
     )
