@@ -613,7 +613,9 @@ def plot_heatmap(res: list[dict], t: dict, path: Path, tag: str) -> None:
     from matplotlib.colors import TwoSlopeNorm
 
     vals = [_mean_std(g)[0] * 1000 for g in t["gain"].values()]
-    lim = max(abs(v) for v in vals)
+    # The scale follows the gains; a few merges that reach back to the end of warmup are far
+    # worse (the paper: merging unstable early weights hurts) and saturate the red end instead.
+    lim = max(max(vals), 1e-9)
     norm = TwoSlopeNorm(vmin=-lim, vcenter=0.0, vmax=lim)
     fig, axes = plt.subplots(
         len(POINTS),
@@ -635,7 +637,12 @@ def plot_heatmap(res: list[dict], t: dict, path: Path, tag: str) -> None:
                 ]
                 for n in NS
             ]
-            im = ax.imshow(grid, cmap="RdBu", norm=norm, aspect="auto")
+            im = ax.imshow(
+                [[min(max(x, -lim), lim) for x in row] for row in grid],
+                cmap="RdBu",
+                norm=norm,
+                aspect="auto",
+            )
             for i, n in enumerate(NS):
                 for j, v in enumerate(VS):
                     key = (p, m, n, v)
@@ -663,7 +670,7 @@ def plot_heatmap(res: list[dict], t: dict, path: Path, tag: str) -> None:
         f"Validation-loss gain over the live checkpoint (×1e-3 nats, mean over {len(res)} seeds; k/{len(res)} seeds better) — {tag}",
         fontsize=10,
     )
-    fig.colorbar(im, ax=axes, shrink=0.6, label="gain ×1e-3 (blue = merge better)")
+    fig.colorbar(im, ax=axes, shrink=0.6, label="gain ×1e-3 (blue = merge better; red clipped)")
     fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
 
