@@ -100,6 +100,7 @@ def test_unique_solution_is_none_unless_exactly_one_assignment_fits():
     assert unique_solution(text) == (False, False)
 
 
+@pytest.mark.slow  # a speed check: timings belong to benchmarks (python -m pmalopti.tasks.kk.bench)
 def test_ten_thousand_eight_person_puzzles_solve_in_seconds():
     import time
 

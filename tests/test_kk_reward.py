@@ -236,7 +236,9 @@ def test_megabyte_hostile_responses_are_scored_well_under_a_second(name):
     text = HOSTILE[name]
     assert len(text) >= 1_000_000
     seconds = _best_time(lambda: kk_reward(text, NAMES, SOLUTION), reps=2)
-    assert seconds < 0.5  # ~0.05 s measured on a loaded 2-core box
+    # ~0.05 s measured on a loaded 2-core box; catastrophic backtracking would take minutes, so
+    # the bound is loose enough never to flake on a busy machine
+    assert seconds < 2.0
 
 
 def _best_time(fn, reps: int = 5) -> float:
@@ -249,6 +251,7 @@ def _best_time(fn, reps: int = 5) -> float:
     return best
 
 
+@pytest.mark.slow  # compares timings; flaky on an oversubscribed machine
 @pytest.mark.parametrize("which", ["parse_answer", "forward regex"])
 def test_the_role_matching_is_linear_not_backtracking_catastrophically(which):
     # Near-miss answers (a name, a long run of spaces, "is" but no "a") are the classic trigger

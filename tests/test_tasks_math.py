@@ -157,7 +157,7 @@ def test_hostile_megabyte_responses_are_scored_fast():
     ]:
         start = time.perf_counter()
         assert task.reward(text, MATH[2]) in (0.0, 1.0)
-        assert time.perf_counter() - start < 1.0
+        assert time.perf_counter() - start < 3.0  # catastrophic backtracking would take minutes
 
 
 @settings(max_examples=60, deadline=None)
