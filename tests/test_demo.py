@@ -204,6 +204,21 @@ def test_one_task_setting_reaches_the_corpus_sft_and_grpo():
     assert cfg.sft.data.task_kwargs == cfg.grpo.task.kwargs == {}  # filled in when they run
 
 
+def test_a_config_file_overrides_the_smoke_sizes_and_set_overrides_the_file(tmp_path):
+    f = tmp_path / "demo.yaml"
+    f.write_text(
+        "pretrain:\n  train:\n    steps: 20\nsft_inits: [latest, pma, annealed]\nar_alpha: 0.1\n"
+    )
+    cfg = load_demo_config(f, ["ar_alpha=0.2"], smoke=True)
+    assert cfg.pretrain.train.steps == 20  # the file wins over the smoke preset (16)
+    assert cfg.pretrain.train.batch_size == 8  # smoke value the file does not touch
+    assert cfg.sft_inits == ["latest", "pma", "annealed"]
+    assert cfg.ar_alpha == 0.2
+    (tmp_path / "bad.yaml").write_text("pretrain:\n  nonsense: 1\n")
+    with pytest.raises(ConfigError, match=r"pretrain\.nonsense"):
+        load_demo_config(tmp_path / "bad.yaml", smoke=True)
+
+
 def test_both_presets_are_valid_and_differ_only_in_sizes():
     full, smoke = load_demo_config(), load_demo_config(smoke=True)
     assert full.pretrain.train.steps > smoke.pretrain.train.steps

@@ -8,9 +8,12 @@ train.steps=800` means, and each stage's config is saved in its run folder.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any, Literal
 
-from pmalopti.config import load_config
+import yaml
+
+from pmalopti.config import ConfigError, load_config
 from pmalopti.train.grpo_config import GRPOConfig
 from pmalopti.train.pretrain import PretrainConfig
 from pmalopti.train.sft import SFTConfig
@@ -225,9 +228,35 @@ class DemoConfig:
             )
 
 
+def _as_overrides(tree: dict, prefix: str = "") -> list[str]:
+    """A YAML mapping as dotted `key=value` overrides (values re-parsed as YAML by load_config)."""
+    out = []
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out += _as_overrides(value, f"{prefix}{key}.")
+        else:
+            out.append(f"{prefix}{key}={yaml.safe_dump(value, default_flow_style=True).strip()}")
+            if out[-1].endswith("\n..."):
+                out[-1] = out[-1][: -len("\n...")]
+    return out
+
+
 def load_demo_config(
-    path: str | None = None, overrides: list[str] | None = None, *, smoke: bool = False
+    path: str | Path | None = None, overrides: list[str] | None = None, *, smoke: bool = False
 ) -> DemoConfig:
     """The full preset (or smoke with `smoke`), then a YAML file, then `--set` overrides."""
-    pre = SMOKE if smoke else []
-    return load_config(DemoConfig, path, [*pre, *(overrides or [])])
+    if not smoke:
+        return load_config(DemoConfig, path, overrides)
+    pre = list(SMOKE)
+    if path is not None:  # the file must override the smoke sizes, not the other way round
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"config file {path}: expected a mapping at the top level")
+        pre += _as_overrides(tree)
+    return load_config(DemoConfig, None, [*pre, *(overrides or [])])
