@@ -42,16 +42,27 @@ def plot_pretrain(metrics: list[dict], stage: dict, path: Path) -> Path:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=120)
     steps = [r["step"] for r in metrics]
-    ax.plot(steps, _smooth([r["loss"] for r in metrics], 20), lw=0.8, color="0.7",
-            label="training loss (smoothed)")  # fmt: skip
+    ax.plot(
+        steps,
+        _smooth([r["loss"] for r in metrics], 20),
+        lw=0.8,
+        color="0.7",
+        label="training loss (smoothed)",
+    )
     val = [(r["step"], r["val_loss"]) for r in metrics if "val_loss" in r]
     ax.plot(*zip(*val, strict=True), "-o", ms=2.5, color="0.25", label="live model (validation)")
     markers = "s^vDPX"
     for i, m in enumerate(stage["pma"]["methods"]):
         pts = [(r["step"], r["val_loss"]) for r in stage["online"] if r["method"] == m]
         if pts:
-            ax.plot(*zip(*pts, strict=True), markers[i % 6], ms=5, ls="none", alpha=0.8,
-                    label=f"online {method_label(m)} (N={stage['pma']['n']})")  # fmt: skip
+            ax.plot(
+                *zip(*pts, strict=True),
+                markers[i % 6],
+                ms=5,
+                ls="none",
+                alpha=0.8,
+                label=f"online {method_label(m)} (N={stage['pma']['n']})",
+            )
     a = stage["pma"].get("annealed")
     if a:
         ax.plot([a["step"]], [a["val_loss"]], "*", ms=13, color="crimson", label="annealed")
@@ -117,8 +128,9 @@ def plot_buckets(runs: dict, path: Path) -> Path:
         grad = [b.get(f"diag/grad_share/{k}", 0.0) for k in BUCKET_LABELS]
         ax.bar([i - 0.2 for i in x], tok, 0.4, label="token share")
         ax.bar([i + 0.2 for i in x], grad, 0.4, label="gradient-norm share")
-        ax.set_xticks(list(x), [k.replace("<=", "≤").replace(">=", "≥") for k in BUCKET_LABELS],
-                      fontsize=8)  # fmt: skip
+        ax.set_xticks(
+            list(x), [k.replace("<=", "≤").replace(">=", "≥") for k in BUCKET_LABELS], fontsize=8
+        )
         ax.set_xlabel("π_old bucket")
         ax.set_title(f"{name} (mean of {b.get('steps', 0)} steps)", fontsize=9)
         ax.set_ylim(0, 1)

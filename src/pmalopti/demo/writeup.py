@@ -195,7 +195,13 @@ def grpo_section(s: dict) -> str:
         brows.append(
             [name, "tokens", *[_pct(b.get(f"diag/token_share/{k}", 0)) for k in BUCKET_LABELS]]
         )
-        brows.append([name, "gradient norm", *[_pct(b.get(f"diag/grad_share/{k}", 0)) for k in BUCKET_LABELS]])  # fmt: skip
+        brows.append(
+            [
+                name,
+                "gradient norm",
+                *[_pct(b.get(f"diag/grad_share/{k}", 0)) for k in BUCKET_LABELS],
+            ]
+        )
     g = s["config"]["grpo"]
     lines = [
         "## 3. GRPO vs GRPO + AR + Lopti",
