@@ -84,6 +84,7 @@ def collect(runs: Path, task: str, seeds: list[int], steps: int) -> dict:
                 "final": accuracies(final[0]),
                 "eval_curve": [(r["step"], r["eval/accuracy"]) for r in evals],
                 "reward_curve": [(r["step"], r["reward/mean"]) for r in train],
+                "length_curve": [(r["step"], r["response_length/mean"]) for r in train],
                 "train_acc_last10": statistics.fmean(r["accuracy"] for r in train[-10:]),
                 "reward_last10": statistics.fmean(r["reward/mean"] for r in train[-10:]),
                 "response_length": statistics.fmean(r["response_length/mean"] for r in train),
@@ -108,6 +109,13 @@ def collect(runs: Path, task: str, seeds: list[int], steps: int) -> dict:
 
 
 UNITS = {"kk": ("people", "held-out puzzles"), "arith": ("digits", "held-out problems")}
+
+
+def with_start(curve: list, per_seed_start: dict | None) -> list:
+    """Prepend the shared step-0 point (same model, greedy, same puzzles) to a curve without one."""
+    if (curve and curve[0][0] == 0) or per_seed_start is None:
+        return curve
+    return [(0, per_seed_start["all"]), *curve]
 
 
 def tables(res: dict, task: str, seeds: list[int], steps: int) -> str:
@@ -256,9 +264,10 @@ def figures(res: dict, out: Path, task: str) -> list[Path]:
     plt.close(fig)
     paths.append(p)
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4))
+    starts = {s: r["start"] for per_seed in res.values() for s, r in per_seed.items() if r["start"]}
     for v, per_seed in res.items():
-        curves = [r["eval_curve"] for r in per_seed.values()]
+        curves = [with_start(r["eval_curve"], starts.get(s)) for s, r in per_seed.items()]
         steps = [s for s, _ in curves[0]]
         ys = np.array([[a for _, a in c] for c in curves])
         axes[0].plot(steps, ys.mean(0), marker="o", label=v, color=COLORS[v])
@@ -274,10 +283,14 @@ def figures(res: dict, out: Path, task: str) -> list[Path]:
         k = 5  # moving average over steps, for readability only
         sm = np.convolve(rc.mean(0), np.ones(k) / k, mode="valid")
         axes[1].plot(np.arange(k, k + len(sm)), sm, label=v, color=COLORS[v])
+        lc = np.array([[y for _, y in r["length_curve"]] for r in per_seed.values()])
+        axes[2].plot(np.arange(1, 1 + lc.shape[1]), lc.mean(0), label=v, color=COLORS[v])
     axes[0].set_title("held-out greedy accuracy (mean ± std over seeds)")
     axes[0].set_xlabel("GRPO step")
     axes[1].set_title("training reward (rollout mean, 5-step moving average)")
     axes[1].set_xlabel("GRPO step")
+    axes[2].set_title("response length of the rollouts (tokens, mean over seeds)")
+    axes[2].set_xlabel("GRPO step")
     for a in axes:
         a.legend()
     fig.tight_layout()
