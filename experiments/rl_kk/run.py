@@ -273,10 +273,12 @@ def grpo_argv(runs: Path, task: str, variant: str, seed: int, base: Path) -> lis
     return argv + (["--resume"] if resumable else ["--force"])
 
 
-def stage_grpo(runs: Path, tasks: list[str], seeds: list[int], parallel: int) -> None:
+def stage_grpo(
+    runs: Path, tasks: list[str], seeds: list[int], parallel: int, variants: list[str]
+) -> None:
     bases = {t: TASKS[t][1](runs) for t in tasks}
     # seed-major: every variant of a task gets seed 0 before any gets seed 1
-    jobs = [(t, v, s) for t in tasks for s in seeds for v in VARIANTS]
+    jobs = [(t, v, s) for t in tasks for s in seeds for v in variants]
     running: list[tuple[subprocess.Popen, str]] = []
     t0 = time.time()
     for task, variant, seed in jobs:
@@ -324,6 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--tasks", nargs="+", choices=list(TASKS), default=list(TASKS))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     ap.add_argument("--parallel", type=int, default=2, help="GRPO runs at a time (one thread each)")
     ap.add_argument("--out", default=str(HERE), help="where results.md, summary.json, figures go")
     a = ap.parse_args(argv)
@@ -334,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         for t in a.tasks:
             TASKS[t][1](runs)
     if a.stage in ("all", "grpo"):
-        stage_grpo(runs, a.tasks, a.seeds, a.parallel)
+        stage_grpo(runs, a.tasks, a.seeds, a.parallel, a.variants)
     if a.stage in ("all", "report"):
         from summarize import write_report  # experiments/rl_kk/summarize.py
 
