@@ -604,6 +604,47 @@ def plot_loss(res: list[dict], t: dict, path: Path, tag: str) -> None:
     plt.close(fig)
 
 
+def plot_per_seed(res: list[dict], t: dict, path: Path, tag: str) -> None:
+    """One panel per seed: its live curve, anneal branches and the default merges (no averaging
+    across seeds, which would blur a seed-specific sudden drop of the loss into a slope)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dm, dn, dv = DEFAULT
+    cols = min(len(res), 5)
+    fig, axes = plt.subplots(
+        1, cols, figsize=(3.3 * cols, 3.2), dpi=120, sharey=True, squeeze=False
+    )
+    for ax, s, mg in zip(axes[0], res, t["merged"], strict=False):
+        live = [r for r in s["live"] if r["step"] >= 300]
+        ax.plot([r["step"] for r in live], [r["val_loss"] for r in live], color="0.35", lw=1)
+        for a in s["anneals"]:
+            c = a["curve"]
+            ax.plot(
+                [a["start"]] + [r["step"] for r in c],
+                [None] + [r["val_loss"] for r in c],
+                color="crimson",
+                lw=1,
+            )
+            ax.plot([c[-1]["step"]], [c[-1]["val_loss"]], "*", color="crimson", ms=9)
+        pts = [p for p in POINTS if (p, dm, dn, dv) in mg]
+        ax.plot(pts, [mg[(p, dm, dn, dv)] for p in pts], "s", color="tab:blue", ms=5)
+        ax.set_title(f"seed {s['seed']}", fontsize=9)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("validation loss")
+    fig.suptitle(
+        f"Every seed ({tag}): live (grey), WSD anneal branches (red, ★ = annealed), "
+        f"{method_name(dm)} N={dn} V={dv} merges (blue squares)",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def plot_heatmap(res: list[dict], t: dict, path: Path, tag: str) -> None:
     """Gain over the live checkpoint (mean over seeds) per point x method, N x V cells."""
     import matplotlib
@@ -655,6 +696,7 @@ def plot_heatmap(res: list[dict], t: dict, path: Path, tag: str) -> None:
                             ha="center",
                             va="center",
                             fontsize=7,
+                            color="white" if abs(grid[i][j]) > 0.6 * lim else "black",
                         )
                     else:
                         ax.text(j, i, "n/a", ha="center", va="center", fontsize=7, color="0.5")
@@ -721,9 +763,11 @@ def report(results: Path, tag: str) -> None:
         "loss vs tokens": "loss_vs_tokens.png",
         "gain heatmap": "gain_heatmap.png",
         f"gain vs V at step {POINTS[-1]}": "gain_vs_v.png",
+        "every seed": "loss_per_seed.png",
     }
     plot_loss(res, t, results / figs["loss vs tokens"], tag)
     plot_heatmap(res, t, results / figs["gain heatmap"], tag)
+    plot_per_seed(res, t, results / figs["every seed"], tag)
     plot_gain_vs_v(res, t, results / figs[f"gain vs V at step {POINTS[-1]}"], tag, POINTS[-1])
     print(write_markdown(res, t, results, tag, figs))
     summary = {
