@@ -224,6 +224,7 @@ def base_arith(runs: Path) -> Path:
 TASKS = {  # task -> (GRPO config, base-model builder)
     "kk": ("grpo.yaml", base_kk),
     "arith": ("grpo_arith.yaml", base_arith),
+    "arith-lr1e-4": ("grpo_arith_lr1e-4.yaml", base_arith),
 }
 
 

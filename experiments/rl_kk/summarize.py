@@ -89,10 +89,10 @@ def collect(runs: Path, task: str, seeds: list[int], steps: int) -> dict:
                 "reward_last10": statistics.fmean(r["reward/mean"] for r in train[-10:]),
                 "response_length": statistics.fmean(r["response_length/mean"] for r in train),
                 "token_share": {
-                    b: statistics.fmean(r[f"diag/token_share/{b}"] for r in diag) for b in BUCKETS
+                    b: _mean([r[f"diag/token_share/{b}"] for r in diag]) for b in BUCKETS
                 },
                 "grad_share": {
-                    b: statistics.fmean(r[f"diag/grad_share/{b}"] for r in diag) for b in BUCKETS
+                    b: _mean([r[f"diag/grad_share/{b}"] for r in diag]) for b in BUCKETS
                 },
                 "diag_steps": len(diag),
                 "low_token_share": statistics.fmean(low) if low else None,
@@ -109,6 +109,7 @@ def collect(runs: Path, task: str, seeds: list[int], steps: int) -> dict:
 
 
 UNITS = {"kk": ("people", "held-out puzzles"), "arith": ("digits", "held-out problems")}
+UNITS["arith-lr1e-4"] = UNITS["arith"]
 
 
 def with_start(curve: list, per_seed_start: dict | None) -> list:
@@ -186,25 +187,37 @@ def tables(res: dict, task: str, seeds: list[int], steps: int) -> str:
         )
     lines += [
         "",
-        "**Token-probability buckets** (the paper's Fig. 1; mean over the diagnostic steps and seeds): share of "
+        "**Token-probability buckets** (the paper's Fig. 1; mean over the diagnostic steps with a non-zero "
+        "gradient, then over seeds; `seeds` = runs with at least one): share of "
         "response tokens and share of the policy-gradient norm per π_old bucket, and the per-token gradient "
         "norm relative to the average token (grad share / token share, averaged over seeds)",
         "",
-        "| variant | quantity | " + " | ".join(f"π_old {b}" for b in BUCKET_TEXT) + " |",
-        "|---|---|" + "---:|" * len(BUCKETS),
+        "| variant | quantity | " + " | ".join(f"π_old {b}" for b in BUCKET_TEXT) + " | seeds |",
+        "|---|---|" + "---:|" * len(BUCKETS) + "---:|",
     ]
     for v, per_seed in res.items():
-        rs = list(per_seed.values())
+        # runs whose diagnostic micro-batches all had zero advantages carry no gradient shares
+        rs = [r for r in per_seed.values() if r["diag_steps"]]
+        if not rs:
+            continue
         ts = [statistics.fmean(r["token_share"][b] for r in rs) for b in BUCKETS]
         gs = [statistics.fmean(r["grad_share"][b] for r in rs) for b in BUCKETS]
-        lines.append(f"| {v} | token share | " + " | ".join(f"{x:.3f}" for x in ts) + " |")
-        lines.append(f"| {v} | gradient-norm share | " + " | ".join(f"{x:.3f}" for x in gs) + " |")
+        lines.append(
+            f"| {v} | token share | " + " | ".join(f"{x:.3f}" for x in ts) + f" | {len(rs)} |"
+        )
+        lines.append(
+            f"| {v} | gradient-norm share | "
+            + " | ".join(f"{x:.3f}" for x in gs)
+            + f" | {len(rs)} |"
+        )
         rel = [
             _mean([r["grad_share"][b] / r["token_share"][b] for r in rs if r["token_share"][b] > 0])
             for b in BUCKETS
         ]
         lines.append(
-            f"| {v} | per-token norm (relative) | " + " | ".join(f"{x:.2f}" for x in rel) + " |"
+            f"| {v} | per-token norm (relative) | "
+            + " | ".join(f"{x:.2f}" for x in rel)
+            + f" | {len(rs)} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -226,23 +239,26 @@ def figures(res: dict, out: Path, task: str) -> list[Path]:
     # AR / Lopti runs' gradient shares compare (AR shrinks low-probability tokens' advantages).
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     x = np.arange(len(BUCKETS))
-    g = res.get("GRPO", {})
+    g = [r for r in res.get("GRPO", {}).values() if r["diag_steps"]]
     if g:
-        ts = np.array([[r["token_share"][b] for b in BUCKETS] for r in g.values()])
-        gs = np.array([[r["grad_share"][b] for b in BUCKETS] for r in g.values()])
+        ts = np.array([[r["token_share"][b] for b in BUCKETS] for r in g])
+        gs = np.array([[r["grad_share"][b] for b in BUCKETS] for r in g])
         axes[0].bar(
             x - 0.2, ts.mean(0), 0.4, yerr=_sd(ts), label="share of tokens", color="tab:gray"
         )
         axes[0].bar(
             x + 0.2, gs.mean(0), 0.4, yerr=_sd(gs), label="share of gradient norm", color="tab:red"
         )
-        axes[0].set_title(f"GRPO: tokens vs gradient norm per π_old bucket ({len(g)} seeds)")
+        axes[0].set_title(f"GRPO: tokens vs gradient norm per π_old bucket ({len(g)} runs)")
         axes[0].set_xticks(x, BUCKET_TEXT)
         axes[0].set_xlabel("π_old of the sampled token")
         axes[0].legend()
     w = 0.8 / max(len(res), 1)
     for i, (v, per_seed) in enumerate(res.items()):
-        rs = list(per_seed.values())
+        # runs whose diagnostic micro-batches all had zero advantages carry no gradient shares
+        rs = [r for r in per_seed.values() if r["diag_steps"]]
+        if not rs:
+            continue
         rel = np.array(
             [
                 [
