@@ -27,24 +27,12 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from pmalopti.config import load_config
+    from pmalopti.commands._run_config import load_run_config
     from pmalopti.train.loop import Interrupted
     from pmalopti.train.sft import SFTConfig, sft
 
     run_dir = Path(args.output)
-    config_path = args.config
-    if args.resume and config_path is None:
-        config_path = run_dir / "config.yaml"
-        if not config_path.is_file():
-            raise FileNotFoundError(f"cannot resume: {config_path} does not exist")
-    overrides = list(args.overrides)
-    if args.init_from:
-        if not Path(args.init_from, "config.json").is_file():
-            raise FileNotFoundError(
-                f"--init-from {args.init_from}: not a Hugging Face model folder"
-            )
-        overrides.append(f"init_from={args.init_from}")
-    cfg = load_config(SFTConfig, config_path, overrides)
+    cfg = load_run_config(SFTConfig, args, run_dir)
     try:
         result, final = sft(cfg, run_dir, resume=args.resume, force=args.force)
     except Interrupted as exc:
