@@ -119,8 +119,8 @@ def run_pretrain(cfg: DemoConfig, out: Path) -> dict:
     run_dir = out / "pretrain"
     train_texts, val_texts = pt.corpus(pcfg)
     model, tok = pt.build_model_and_tokenizer(pcfg, train_texts)
-    pt._write_jsonl(run_dir / "data" / "train.jsonl", train_texts)
-    pt._write_jsonl(run_dir / "data" / "val.jsonl", val_texts)
+    pt.write_jsonl(run_dir / "data" / "train.jsonl", train_texts)
+    pt.write_jsonl(run_dir / "data" / "val.jsonl", val_texts)
     # The same validation batches the training loop evaluates, so online losses compare 1:1.
     val = pt.val_blocks_of(run_dir, tok, pcfg.data.block_size, pcfg.data.max_val_blocks)
     bs = pcfg.train.batch_size
@@ -137,7 +137,7 @@ def run_pretrain(cfg: DemoConfig, out: Path) -> dict:
         val_batches=val_batches,
         keep=(cfg.pma_method, last),
     )
-    pt._train_run(pcfg, run_dir, model, tok, train_texts, hooks=(online,))
+    pt.train_run(pcfg, run_dir, model, tok, train_texts, hooks=(online,))
     paths = pt.report(run_dir, pcfg)
     offline = json.loads(paths["json"].read_text(encoding="utf-8"))
     for row in online.rows:

@@ -251,9 +251,9 @@ def pretrain(
             _clear_run(run_dir)
         train_texts, val_texts = corpus(cfg)
         model, tok = build_model_and_tokenizer(cfg, train_texts)
-        _write_jsonl(run_dir / "data" / "train.jsonl", train_texts)
-        _write_jsonl(run_dir / "data" / "val.jsonl", val_texts)
-    result = _train_run(cfg, run_dir, model, tok, train_texts, resume_from=resume_from, hooks=hooks)
+        write_jsonl(run_dir / "data" / "train.jsonl", train_texts)
+        write_jsonl(run_dir / "data" / "val.jsonl", val_texts)
+    result = train_run(cfg, run_dir, model, tok, train_texts, resume_from=resume_from, hooks=hooks)
     if cfg.report.enabled:
         report(run_dir, cfg)
     return result
@@ -295,7 +295,7 @@ def continue_run(
         shutil.copyfile(src_run / "data" / name, out_run / "data" / name)
     model, tok = load_model(init), load_tokenizer(init)
     train_texts = read_texts(out_run / "data" / "train.jsonl")
-    return _train_run(
+    return train_run(
         cfg,
         out_run,
         model,
@@ -308,7 +308,7 @@ def continue_run(
     )
 
 
-def _train_run(
+def train_run(
     cfg: PretrainConfig,
     run_dir: Path,
     model,
@@ -392,7 +392,7 @@ def report(run_dir: str | Path, cfg: PretrainConfig | None = None) -> dict[str, 
     return write_pma_report(dataclasses.asdict(result), run_dir / "report")
 
 
-def _write_jsonl(path: Path, texts: list[str]) -> None:
+def write_jsonl(path: Path, texts: list[str]) -> None:
     atomic_write_text(path, "".join(json.dumps({"text": t}) + "\n" for t in texts))
 
 
