@@ -15,7 +15,9 @@ out of a tiny model's reach):
            torch thread each (a finished run is skipped, an interrupted one resumed);
 4. report  results_<task>.md (the tables, every seed), summary_<task>.json and the PNG figures.
 
-    python experiments/rl_kk/run.py                       # everything (~60 min on 2 busy cores)
+Tasks: `kk`, `arith` (lr 5e-4, 100 steps) and `arith-lr1e-4` (the learning-rate check).
+
+    python experiments/rl_kk/run.py                       # everything (~75 min on 2 busy cores)
     python experiments/rl_kk/run.py --stage grpo --tasks kk --seeds 2 --parallel 1   # a slice
     python experiments/rl_kk/run.py --stage report        # rebuild tables/figures from the logs
 

@@ -320,7 +320,9 @@ def figures(res: dict, out: Path, task: str) -> list[Path]:
 def base_summary(runs: Path, task: str) -> dict:
     """The pre-training and SFT stages' last losses, read from their metrics.jsonl."""
     out = {}
-    for name in ("pretrain", "sft") if task == "kk" else ("arith_pretrain", "arith_sft"):
+    for name in (
+        ("pretrain", "sft") if task == "kk" else ("arith_pretrain", "arith_sft", "arith_sft2")
+    ):
         f = runs / name / "metrics.jsonl"
         if not f.exists():
             continue
