@@ -53,6 +53,7 @@ def test_yaml_file_then_overrides(tmp_path):
         ("steps=abc", "steps: expected an integer"),
         ("optim.lr=-1", "optim.lr must be > 0"),
         ("steps", "expected KEY=VALUE"),
+        ("optim.schedule=null", "choose one of"),
     ],
 )
 def test_bad_config_values_name_the_field(override, message):
@@ -91,3 +92,16 @@ def test_tiny_tokenizer_round_trips_through_save_and_load(tiny_lm, tmp_path):
 def test_cli_without_a_command_prints_help(capsys):
     assert main([]) == 1
     assert "pmalopti" in capsys.readouterr().out
+
+
+def test_null_is_kept_for_optional_fields_and_refused_for_plain_strings():
+    assert load_config(Cfg, None, ["name=null"]).name is None
+    assert load_config(Cfg, None, ["name=run1"]).name == "run1"
+
+    @dataclasses.dataclass
+    class Plain:
+        path: str = "x"
+        """a plain string"""
+
+    with pytest.raises(ConfigError, match="path: expected a string"):
+        load_config(Plain, None, ["path=null"])

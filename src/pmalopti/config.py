@@ -96,7 +96,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         except (TypeError, ValueError):
             raise ConfigError(f"{where}: expected a number, got {value!r}") from None
     if tp is str:
-        if isinstance(value, dict | list):
+        if value is None or isinstance(value, dict | list):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
         return str(value)
     if tp is Path:
