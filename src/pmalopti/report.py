@@ -123,6 +123,13 @@ def plot_pma(result: Mapping[str, Any], out_png: str | Path, title: str | None =
     ax.set_ylabel("validation loss")
     ax.set_title(title or "PMA: merged checkpoints vs live and annealed")
     _zoom(ax, [r["val_loss"] for r in live])
+    return _save(fig, ax, out_png)
+
+
+def _save(fig, ax, out_png: str | Path) -> Path:
+    """Grid, legend and layout, then write the PNG (creating its folder) and free the figure."""
+    import matplotlib.pyplot as plt
+
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -179,14 +186,7 @@ def plot_curves(
     ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png)
-    plt.close(fig)
-    return out_png
+    return _save(fig, ax, out_png)
 
 
 def write_pma_report(result: Mapping[str, Any], out_dir: str | Path) -> dict[str, Path]:

@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokeni
 
 from pmalopti.train.grpo_config import GRPOConfig
 from pmalopti.train.rollout import eos_ids, response_logprobs, tokenize_prompts
-from pmalopti.train.tiny import build_tiny_model, build_tokenizer, load_tokenizer, tiny_config
+from pmalopti.train.tiny import load_tokenizer, tiny_model_and_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -81,18 +81,17 @@ def build_tiny(cfg: GRPOConfig, task, device: torch.device):
     t = cfg.model.tiny
     samples = task.samples("train", n=cfg.task.train_size or 1000, seed=cfg.seed)
     texts = [task.prompt(s) + task.target(s) for s in samples]
-    tok = build_tokenizer(texts, vocab_size=t.vocab_size)
-    mcfg = tiny_config(
-        len(tok),
+    model, tok = tiny_model_and_tokenizer(
+        texts,
+        vocab_size=t.vocab_size,
+        seed=cfg.seed,
         arch=t.arch,
         hidden_size=t.hidden_size,
         num_layers=t.num_layers,
         num_heads=t.num_heads,
         num_kv_heads=t.num_kv_heads,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
     )
-    model = build_tiny_model(mcfg, seed=cfg.seed).to(device)
+    model = model.to(device)
     if t.sft_steps:
         sft_warmup(model, tok, task, samples, cfg)
     return model, tok

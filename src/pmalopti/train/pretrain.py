@@ -179,16 +179,17 @@ def corpus(cfg: PretrainConfig) -> tuple[list[str], list[str]]:
 
 
 def build_model_and_tokenizer(cfg: PretrainConfig, train_texts: list[str]):
-    from pmalopti.train.tiny import build_tiny_model, build_tokenizer, load_tokenizer, tiny_config
+    from pmalopti.train.tiny import load_tokenizer, tiny_model_and_tokenizer
 
     if cfg.init_from:
         from pmalopti.train.evaluate import load_model
 
         return load_model(cfg.init_from), load_tokenizer(cfg.init_from)
     m = cfg.model
-    tok = build_tokenizer(train_texts, vocab_size=m.vocab_size)
-    config = tiny_config(
-        len(tok),
+    return tiny_model_and_tokenizer(
+        train_texts,
+        vocab_size=m.vocab_size,
+        seed=cfg.seed,
         arch=m.arch,
         hidden_size=m.hidden_size,
         num_layers=m.num_layers,
@@ -196,10 +197,7 @@ def build_model_and_tokenizer(cfg: PretrainConfig, train_texts: list[str]):
         num_kv_heads=m.num_kv_heads,
         intermediate_size=m.intermediate_size or None,
         max_position_embeddings=max(cfg.data.block_size, 128),
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
     )
-    return build_tiny_model(config, seed=cfg.seed), tok
 
 
 def val_blocks_of(run_dir: Path, tokenizer, block_size: int, max_blocks: int) -> torch.Tensor:
