@@ -21,11 +21,11 @@ import time
 
 import torch
 
+from pmalopti.grpo.config import AlgoConfig
+from pmalopti.grpo.rollout import response_logprobs, sample_loop, tokenize_prompts
+from pmalopti.grpo.update import UpdateBatch, update_policy
+from pmalopti.models.tiny import tiny_model_and_tokenizer
 from pmalopti.rl import group_advantages, reweight_advantages
-from pmalopti.train.grpo_config import AlgoConfig
-from pmalopti.train.grpo_update import UpdateBatch, update_policy
-from pmalopti.train.rollout import response_logprobs, sample_loop, tokenize_prompts
-from pmalopti.train.tiny import tiny_model_and_tokenizer
 
 VARIANTS = {
     "GRPO (α=0, η unset)": (0.0, None),

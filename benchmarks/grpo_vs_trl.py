@@ -33,8 +33,8 @@ P, G, NEW_TOKENS, LR = 8, 8, 16, 1e-5
 
 
 def tiny(seed: int = 0):
+    from pmalopti.models.tiny import build_tiny_model, build_tokenizer, tiny_config
     from pmalopti.tasks import get_task
-    from pmalopti.train.tiny import build_tiny_model, build_tokenizer, tiny_config
 
     task = get_task("arithmetic", max_digits=2)
     samples = task.samples("train", n=512, seed=0)
@@ -53,8 +53,8 @@ def tiny(seed: int = 0):
 
 def run_ours(engine: str, steps: int) -> dict[str, float]:
     from pmalopti.config import load_config
-    from pmalopti.train.grpo import GRPOTrainer
-    from pmalopti.train.grpo_config import GRPOConfig
+    from pmalopti.grpo.config import GRPOConfig
+    from pmalopti.grpo.trainer import GRPOTrainer
 
     model, tok, task, samples = tiny()
     cfg = load_config(
@@ -168,7 +168,7 @@ def run_trl(steps: int) -> dict[str, float]:
 
 def run_engines(reps: int) -> dict[str, float]:
     """Rollout alone: P·G sequences × NEW_TOKENS, our loop vs generate, CPU s (median)."""
-    from pmalopti.train.rollout import sample_hf, sample_loop, tokenize_prompts
+    from pmalopti.grpo.rollout import sample_hf, sample_loop, tokenize_prompts
 
     model, tok, task, samples = tiny()
     model.eval()

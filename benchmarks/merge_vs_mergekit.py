@@ -29,8 +29,8 @@ from pathlib import Path
 
 import torch
 
-from pmalopti.merge.reader import CheckpointReader
-from pmalopti.merge.writer import write_hf_checkpoint
+from pmalopti.pma.reader import CheckpointReader
+from pmalopti.pma.writer import write_hf_checkpoint
 
 
 def make_checkpoints(root: Path, n: int, seed: int = 0) -> list[Path]:

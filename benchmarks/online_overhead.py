@@ -1,6 +1,6 @@
 """Overhead of `OnlineAverager` on a tiny pre-training run (issue 3's target: < 2% at V >= 10).
 
-Runs `pmalopti pretrain`'s own training loop (`pmalopti.train.loop.train`, WSD schedule, AdamW,
+Runs `pmalopti pretrain`'s own training loop (`pmalopti.lm.loop.train`, WSD schedule, AdamW,
 built-in grammar corpus) on a few-M-parameter Llama-style model, without the averager and with
 it at V in {1, 10, 50} (N = 10, a merge every M = N*V steps), in interleaved repeats so that a
 busy machine slows all variants alike. It prints two ratios per V:
@@ -49,15 +49,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    from pmalopti.merge.online import OnlineAverager
-    from pmalopti.train.data import tokenize_blocks
-    from pmalopti.train.loop import quiet_transformers, train
-    from pmalopti.train.pretrain import (
+    from pmalopti.lm.data import tokenize_blocks
+    from pmalopti.lm.loop import quiet_transformers, train
+    from pmalopti.lm.pretrain import (
         PretrainConfig,
         build_model_and_tokenizer,
         corpus,
         make_batches,
     )
+    from pmalopti.pma.online import OnlineAverager
 
     cfg = PretrainConfig()
     cfg.model.hidden_size, cfg.model.num_layers = args.hidden, args.layers

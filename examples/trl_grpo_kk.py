@@ -161,8 +161,8 @@ def main(argv: list[str] | None = None) -> None:
     from transformers import AutoModelForCausalLM
 
     from pmalopti.integrations.trl import LoptiGRPOTrainer
+    from pmalopti.models.tiny import load_tokenizer
     from pmalopti.tasks import get_task, trl_reward
-    from pmalopti.train.tiny import load_tokenizer
 
     args = parse_args(argv)
     state = PartialState()

@@ -19,6 +19,6 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="session")
 def tiny_lm():
     """(model, tokenizer): a ~1M-parameter Llama-style model with a local byte-level BPE."""
-    from pmalopti.train.tiny import tiny_model_and_tokenizer
+    from pmalopti.models.tiny import tiny_model_and_tokenizer
 
     return tiny_model_and_tokenizer(seed=0)

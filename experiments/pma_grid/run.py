@@ -8,7 +8,7 @@ The CPU analogue of the paper's Figs. 3-5. For each seed:
            config whose last 20% decays linearly to 0 (ends at 750 and 1500 steps), so each
            annealed model has seen exactly the tokens of the constant-LR checkpoint it is
            compared with (the run is deterministic on CPU; the branch is the full WSD run);
-2. eval    every checkpoint's validation loss, and in memory (pmalopti.train.evaluate: float32
+2. eval    every checkpoint's validation loss, and in memory (pmalopti.lm.evaluate: float32
            weighted sum of the saved checkpoints) the merges ending at steps 750, 1100 and 1500
            for method in {SMA, EMA a=0.1, EMA a=0.2, WMA} x N in {3, 6, 10} x V in
            {10, 20, 40, 80} steps; a window is used only if all its checkpoints are in the
@@ -154,16 +154,16 @@ def evaluate_seed(run: Path) -> dict:
     import torch
 
     from pmalopti.config import load_config
-    from pmalopti.train.evaluate import (
+    from pmalopti.lm.evaluate import (
         blocks_loss,
         load_into,
         load_model,
         merged_state_dict,
         method_weights,
     )
-    from pmalopti.train.loop import list_checkpoints, read_metrics
-    from pmalopti.train.pretrain import PretrainConfig, val_blocks_of
-    from pmalopti.train.tiny import load_tokenizer
+    from pmalopti.lm.loop import list_checkpoints, read_metrics
+    from pmalopti.lm.pretrain import PretrainConfig, val_blocks_of
+    from pmalopti.models.tiny import load_tokenizer
 
     torch.set_num_threads(1)
     const = run / "const"

@@ -76,7 +76,7 @@ def pmalopti(*argv: str, log: Path | None = None, wait: bool = True):
 
 
 def stage_data(runs: Path) -> None:
-    from pmalopti.fsutil import atomic_write_text
+    from pmalopti.runtime.fs import atomic_write_text
     from pmalopti.tasks import get_task
 
     data = runs / "data"
@@ -193,7 +193,7 @@ def sets(kvs: list[str]) -> list[str]:
 
 def base_arith(runs: Path) -> Path:
     """configs/pretrain_tiny.yaml on arithmetic text (byte vocabulary), then SFT on reversed sums."""
-    from pmalopti.fsutil import atomic_write_text
+    from pmalopti.runtime.fs import atomic_write_text
     from pmalopti.tasks import get_task
 
     pre, sft, pairs = runs / "arith_pretrain", runs / "arith_sft", runs / "data" / "arith_sft.jsonl"

@@ -338,7 +338,7 @@ def base_summary(runs: Path, task: str) -> dict:
 
 
 def write_report(runs: Path, out: Path, *, task: str, seeds: list[int], steps: int) -> None:
-    from pmalopti.fsutil import atomic_write_json, atomic_write_text
+    from pmalopti.runtime.fs import atomic_write_json, atomic_write_text
 
     res = collect(runs, task, seeds, steps)
     if not res:

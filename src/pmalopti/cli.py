@@ -15,10 +15,7 @@ import pkgutil
 import sys
 
 from pmalopti import __version__, commands
-
-
-class UserError(Exception):
-    """An error caused by the user's input: printed as one line, exit code 2."""
+from pmalopti.errors import UserError
 
 
 def build_parser() -> argparse.ArgumentParser:

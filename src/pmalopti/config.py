@@ -16,7 +16,7 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
 
-from pmalopti.fsutil import atomic_write_text
+from pmalopti.runtime.fs import atomic_write_text
 
 T = TypeVar("T")
 

@@ -49,11 +49,11 @@ def run_example(out: Path, *, force: bool) -> int:
 def _run(out: Path, *, force: bool, t0: float) -> int:
     import torch
 
-    from pmalopti.fsutil import atomic_dir
-    from pmalopti.merge.select import discover_checkpoints, format_table, select_checkpoints
-    from pmalopti.merge.streaming import merge_checkpoints
-    from pmalopti.merge.weights import merge_weights
-    from pmalopti.train.tiny import build_tiny_model, build_tokenizer, tiny_config
+    from pmalopti.models.tiny import build_tiny_model, build_tokenizer, tiny_config
+    from pmalopti.pma.select import discover_checkpoints, format_table, select_checkpoints
+    from pmalopti.pma.streaming import merge_checkpoints
+    from pmalopti.pma.weights import merge_weights
+    from pmalopti.runtime.fs import atomic_dir
 
     with atomic_dir(out, force=force) as tmp:
         tok = build_tokenizer(_texts(0, 500), vocab_size=300)

@@ -40,9 +40,9 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from pmalopti.fsutil import atomic_write_json
-    from pmalopti.report import markdown_table
-    from pmalopti.train.evaluate import evaluate_checkpoints
+    from pmalopti.lm.evaluate import evaluate_checkpoints
+    from pmalopti.pma.report import markdown_table
+    from pmalopti.runtime.fs import atomic_write_json
 
     rows = evaluate_checkpoints(
         args.checkpoints,

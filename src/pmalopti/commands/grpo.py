@@ -87,10 +87,10 @@ def run(args) -> int:
     from transformers.utils import logging as hf_logging
 
     from pmalopti.config import load_config, save_config, to_dict
+    from pmalopti.grpo.config import GRPOConfig
+    from pmalopti.grpo.model import load_policy, load_reference, pick_device
+    from pmalopti.grpo.trainer import GRPOTrainer, latest_checkpoint
     from pmalopti.tasks import get_task
-    from pmalopti.train.grpo import GRPOTrainer, latest_checkpoint
-    from pmalopti.train.grpo_config import GRPOConfig
-    from pmalopti.train.grpo_model import load_policy, load_reference, pick_device
 
     overrides = list(args.overrides)
     if args.init_from:

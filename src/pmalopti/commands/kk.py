@@ -148,7 +148,7 @@ def score_table(rows: list[dict], responses: list[tuple[int, str]], *, think_pre
 
 
 def run_score(args) -> int:
-    from pmalopti.fsutil import atomic_write_json
+    from pmalopti.runtime.fs import atomic_write_json
     from pmalopti.tasks.kk import load_puzzles
 
     rows = load_puzzles(args.data)

@@ -85,15 +85,15 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from pmalopti.cli import UserError
-    from pmalopti.merge.select import (
+    from pmalopti.errors import UserError
+    from pmalopti.pma.select import (
         checkpoints_from_paths,
         discover_checkpoints,
         format_table,
         parse_count,
         select_checkpoints,
     )
-    from pmalopti.merge.weights import merge_weights, normalize_weights
+    from pmalopti.pma.weights import merge_weights, normalize_weights
 
     if args.example:
         if args.checkpoints or args.run_dir:
@@ -145,7 +145,7 @@ def run(args) -> int:
     if not args.output:
         raise UserError("-o/--output OUT is required (or use --dry-run)")
 
-    from pmalopti.merge.streaming import merge_checkpoints
+    from pmalopti.pma.streaming import merge_checkpoints
 
     merge_checkpoints(
         ckpts,

@@ -41,11 +41,11 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from pmalopti.cli import UserError
     from pmalopti.commands._run_config import load_run_config
     from pmalopti.config import load_config
-    from pmalopti.train.loop import Interrupted
-    from pmalopti.train.pretrain import PretrainConfig, pretrain, report
+    from pmalopti.errors import UserError
+    from pmalopti.lm.loop import Interrupted
+    from pmalopti.lm.pretrain import PretrainConfig, pretrain, report
 
     if args.report:
         run_dir = Path(args.report)

@@ -10,7 +10,7 @@
     from pmalopti.demo import load_demo_config, run_demo
     summary = run_demo(load_demo_config(smoke=True), "demo-out")
 
-This package only orchestrates: the work is done by `pmalopti.train`, `pmalopti.merge`,
+This package only orchestrates: the work is done by `pmalopti.lm`, `pmalopti.grpo`, `pmalopti.pma`,
 `pmalopti.rl` and `pmalopti.tasks` through their public functions.
 """
 

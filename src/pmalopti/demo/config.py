@@ -14,9 +14,9 @@ from typing import Any, Literal
 import yaml
 
 from pmalopti.config import ConfigError, load_config
-from pmalopti.train.grpo_config import GRPOConfig
-from pmalopti.train.pretrain import PretrainConfig
-from pmalopti.train.sft import SFTConfig
+from pmalopti.grpo.config import GRPOConfig
+from pmalopti.lm.pretrain import PretrainConfig
+from pmalopti.lm.sft import SFTConfig
 
 Init = Literal["latest", "pma", "annealed"]
 
@@ -131,7 +131,7 @@ class CorpusConfig:
     """documents generated for pre-training (arithmetic problems with answers, grammar text)"""
     arithmetic_share: float = 1.0
     """share of the documents that are arithmetic problems; the rest is a small grammar with
-    knights and knaves (pmalopti.train.data.grammar_document)"""
+    knights and knaves (pmalopti.lm.data.grammar_document)"""
 
     def __post_init__(self):
         if self.docs < 20:
@@ -175,7 +175,7 @@ class DemoConfig:
     are set by the demo)"""
 
     def __post_init__(self):
-        from pmalopti.train.evaluate import method_weights
+        from pmalopti.lm.evaluate import method_weights
 
         try:
             method_weights(self.pma_method, 2)

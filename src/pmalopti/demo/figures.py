@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from pmalopti.report import method_label
+from pmalopti.pma.report import method_label
 from pmalopti.rl.diagnostics import BUCKET_LABELS
 
 

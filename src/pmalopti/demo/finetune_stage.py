@@ -17,18 +17,18 @@ from pathlib import Path
 import torch
 
 from pmalopti.demo.config import DemoConfig
-from pmalopti.fsutil import atomic_write_json
-from pmalopti.train.sft import SFTConfig
+from pmalopti.lm.sft import SFTConfig
+from pmalopti.runtime.fs import atomic_write_json
 
 log = logging.getLogger(__name__)
 
 
 def evaluate_start(scfg: SFTConfig, init: str | Path) -> dict:
     """Validation loss and greedy accuracy of `init` exactly as `sft` measures them at its end."""
-    from pmalopti.train.evaluate import load_model
-    from pmalopti.train.loop import evaluate_batches, resolve_device
-    from pmalopti.train.sft import collate, encode_rows, greedy_accuracy, load_pairs
-    from pmalopti.train.tiny import load_tokenizer
+    from pmalopti.lm.evaluate import load_model
+    from pmalopti.lm.loop import evaluate_batches, resolve_device
+    from pmalopti.lm.sft import collate, encode_rows, greedy_accuracy, load_pairs
+    from pmalopti.models.tiny import load_tokenizer
 
     device = resolve_device(scfg.train.device)
     model, tok = load_model(init, device), load_tokenizer(init)
@@ -46,8 +46,8 @@ def evaluate_start(scfg: SFTConfig, init: str | Path) -> dict:
 
 def run_sft(cfg: DemoConfig, inits: dict[str, str], out: Path) -> dict:
     """One SFT run per starting point into `out/sft-from-<name>`; returns their summaries."""
-    from pmalopti.train.loop import read_metrics
-    from pmalopti.train.sft import sft
+    from pmalopti.lm.loop import read_metrics
+    from pmalopti.lm.sft import sft
 
     runs = {}
     for name in cfg.sft_inits:
@@ -85,9 +85,9 @@ def grpo_variants(cfg: DemoConfig) -> dict[str, dict]:
 def run_grpo(cfg: DemoConfig, init: str, out: Path) -> dict:
     """Plain GRPO and GRPO + AR + Lopti from `init`, same seed; returns their summaries."""
     from pmalopti.config import save_config
+    from pmalopti.grpo.model import load_policy, pick_device
+    from pmalopti.grpo.trainer import GRPOTrainer
     from pmalopti.tasks import get_task
-    from pmalopti.train.grpo import GRPOTrainer
-    from pmalopti.train.grpo_model import load_policy, pick_device
 
     runs = {}
     for name, algo in grpo_variants(cfg).items():

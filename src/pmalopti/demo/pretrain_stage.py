@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 from pmalopti.demo.config import DemoConfig
-from pmalopti.fsutil import atomic_write_text
-from pmalopti.train.data import grammar_document, lm_batch
+from pmalopti.lm.data import grammar_document, lm_batch
+from pmalopti.runtime.fs import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class OnlinePMA:
         val_batches: list[dict],
         keep: tuple[str, int] | None = None,
     ) -> None:
-        from pmalopti.merge import OnlineAverager
+        from pmalopti.pma import OnlineAverager
 
         self.model, self.val_batches, self.keep = model, val_batches, keep
         self.averagers = {}
@@ -91,7 +91,7 @@ class OnlinePMA:
             avg.step(0)  # the starting weights, in case a window begins at step 0
 
     def __call__(self, step: int, record: dict) -> None:
-        from pmalopti.train.loop import evaluate_batches
+        from pmalopti.lm.loop import evaluate_batches
 
         device = next(self.model.parameters()).device
         for m, avg in self.averagers.items():
@@ -106,8 +106,8 @@ class OnlinePMA:
 
 def run_pretrain(cfg: DemoConfig, out: Path) -> dict:
     """Stage 1 into `out/pretrain`; returns the stage's summary (all numbers read from its files)."""
-    from pmalopti.train import pretrain as pt
-    from pmalopti.train.schedule import stable_range
+    from pmalopti.lm import pretrain as pt
+    from pmalopti.lm.schedule import stable_range
 
     corpus_info = write_corpus(cfg, out / "data" / "corpus.jsonl")
     pcfg = dataclasses.replace(
@@ -171,9 +171,9 @@ def _online_vs_offline(rows: list[dict], offline: dict) -> float | None:
 def write_pma_init(cfg: DemoConfig, stage: dict, out: Path) -> dict:
     """Merge the N checkpoints ending at the last stable step into `out/pma-init` (a HF folder)
     with the streaming offline merge, and compare it with the online averager's merge there."""
-    from pmalopti.merge import merge_checkpoints
-    from pmalopti.train.evaluate import method_weights
-    from pmalopti.train.loop import list_checkpoints
+    from pmalopti.lm.evaluate import method_weights
+    from pmalopti.lm.loop import list_checkpoints
+    from pmalopti.pma import merge_checkpoints
 
     p = cfg.pretrain
     run_dir = Path(stage["run"])

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pmalopti.config import save_config, to_dict
 from pmalopti.demo.config import DemoConfig
-from pmalopti.fsutil import atomic_write_json, atomic_write_text
+from pmalopti.runtime.fs import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def run_demo(
     from pmalopti.demo.finetune_stage import run_grpo, run_sft
     from pmalopti.demo.pretrain_stage import run_pretrain, write_pma_init
     from pmalopti.demo.writeup import console_summary, report_markdown
-    from pmalopti.train.loop import read_metrics
+    from pmalopti.lm.loop import read_metrics
 
     out = prepare_output(Path(out), force=force)
     save_config(cfg, out / "demo_config.yaml")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from pmalopti.report import markdown_table, method_label, pma_table
+from pmalopti.pma.report import markdown_table, method_label, pma_table
 from pmalopti.rl.diagnostics import BUCKET_LABELS
 
 

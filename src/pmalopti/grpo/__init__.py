@@ -1,0 +1,1 @@
+"""The built-in GRPO trainer (AR and Lopti): config, rollout, update."""

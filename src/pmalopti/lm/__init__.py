@@ -1,0 +1,1 @@
+"""Language-model training: one loop, pretrain, SFT, data, WSD schedule."""

@@ -1,0 +1,274 @@
+"""Validation loss of checkpoints, and the PMA evaluation of a run (live vs merged vs annealed).
+
+The merge here is in memory (a running float32 sum, one tensor set at a time per input), which is
+all a tiny run needs; large checkpoints go through the streaming `pmalopti merge`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from pmalopti.lm.data import lm_batch, read_texts, tokenize_blocks
+from pmalopti.lm.loop import (
+    evaluate_batches,
+    list_checkpoints,
+    quiet_transformers,
+    resolve_device,
+)
+from pmalopti.lm.schedule import stable_range
+from pmalopti.models.tiny import load_tokenizer
+from pmalopti.pma.weights import merge_weights
+
+
+def load_model(ckpt: str | Path, device: torch.device | str = "cpu"):
+    from transformers import AutoModelForCausalLM
+
+    ckpt = Path(ckpt)
+    if not (ckpt / "config.json").is_file():
+        raise FileNotFoundError(f"{ckpt} is not a Hugging Face model folder (no config.json)")
+    with quiet_transformers():
+        return AutoModelForCausalLM.from_pretrained(str(ckpt), dtype=torch.float32).to(device)
+
+
+def blocks_loss(model, blocks: torch.Tensor, batch_size: int, device: torch.device) -> float:
+    """Token-mean next-token loss over packed blocks.  blocks: (N, T)"""
+    batches = [lm_batch(blocks[i : i + batch_size]) for i in range(0, blocks.size(0), batch_size)]
+    return evaluate_batches(model, batches, device)
+
+
+def expand_checkpoints(paths: Sequence[str | Path]) -> list[Path]:
+    """Model folders as given; a run folder (no config.json) stands for all its checkpoints."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if not p.exists():
+            raise FileNotFoundError(f"checkpoint {p} does not exist")
+        if (p / "config.json").is_file():
+            out.append(p)
+            continue
+        found = [c for _, c in list_checkpoints(p)] if p.is_dir() else []
+        if not found:
+            raise FileNotFoundError(
+                f"{p} is neither a model folder nor a run folder with checkpoint-* folders"
+            )
+        out.extend(found)
+    return out
+
+
+def evaluate_checkpoints(
+    paths: Sequence[str | Path],
+    data: str | Path,
+    *,
+    batch_size: int = 8,
+    max_length: int = 512,
+    text_field: str = "text",
+    max_blocks: int | None = None,
+    device: str = "auto",
+) -> list[dict]:
+    """Loss and perplexity of each checkpoint on `data`, tokenized with the checkpoint's tokenizer."""
+    if batch_size < 1 or max_length < 2:
+        raise ValueError("--batch-size must be >= 1 and --max-length >= 2")
+    texts = read_texts(data, text_field)
+    dev = resolve_device(device)
+    rows = []
+    for ckpt in expand_checkpoints(paths):
+        tok = load_tokenizer(ckpt)
+        blocks = tokenize_blocks(texts, tok, max_length)
+        if max_blocks:
+            blocks = blocks[:max_blocks]
+        model = load_model(ckpt, dev)
+        loss = blocks_loss(model, blocks, batch_size, dev)
+        rows.append(
+            {
+                "checkpoint": str(ckpt),
+                "tokens": int(blocks.numel() - blocks.size(0)),
+                "loss": loss,
+                "perplexity": math.exp(min(loss, 50.0)),
+            }
+        )
+        del model
+    return rows
+
+
+# --- in-memory merge ---------------------------------------------------------------------------
+
+
+def _model_files(ckpt: Path) -> list[Path]:
+    files = sorted(ckpt.glob("model*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{ckpt} has no model*.safetensors files")
+    return files
+
+
+def merged_state_dict(ckpts: Sequence[Path], weights: Sequence[float]) -> dict[str, torch.Tensor]:
+    """sum_i w_i * M_i accumulated in float32, cast back to each tensor's stored dtype.
+
+    Non-floating tensors are taken from the newest checkpoint and must agree across inputs.
+    """
+    if len(ckpts) != len(weights) or not ckpts:
+        raise ValueError(f"{len(ckpts)} checkpoints but {len(weights)} weights")
+    acc: dict[str, torch.Tensor] = {}
+    dtypes: dict[str, torch.dtype] = {}
+    for i, (ckpt, w) in enumerate(zip(ckpts, weights, strict=True)):
+        sd: dict[str, torch.Tensor] = {}
+        for f in _model_files(Path(ckpt)):
+            sd.update(load_file(str(f)))
+        if i == 0:
+            dtypes = {k: v.dtype for k, v in sd.items()}
+        elif sd.keys() != dtypes.keys():
+            raise ValueError(f"{ckpt} has different tensor names from {ckpts[0]}")
+        for k, v in sd.items():
+            if not v.is_floating_point():
+                if k in acc and not torch.equal(acc[k], v):
+                    raise ValueError(
+                        f"non-float tensor {k} differs between checkpoints; refusing to merge"
+                    )
+                acc[k] = v
+            elif k in acc:
+                acc[k].add_(v.float(), alpha=w)
+            else:
+                acc[k] = v.float() * w
+    return {k: v.to(dtypes[k]) for k, v in acc.items()}
+
+
+def load_into(model, state: dict[str, torch.Tensor]) -> None:
+    """Load a saved state dict; only tied weights (absent from safetensors files) may be missing."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = {"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) else set()
+    if unexpected or set(missing) - tied:
+        raise ValueError(
+            f"weights do not fit the model: missing {missing}, unexpected {unexpected}"
+        )
+
+
+def method_weights(method: str, n: int) -> list[float]:
+    """ "sma", "wma" or "ema:<alpha>" -> weights for n checkpoints, oldest first."""
+    name, _, alpha = method.partition(":")
+    return merge_weights(name, n, float(alpha) if alpha else None)  # type: ignore[arg-type]
+
+
+# --- PMA evaluation of a run -------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class PMAResult:
+    run: str
+    n: int
+    stride: int
+    interval_steps: int
+    methods: list[str]
+    val_tokens: int
+    live: list[dict]
+    """every checkpoint: step, tokens, val_loss, phase"""
+    points: list[dict]
+    """merge points: step, tokens, live, one entry per method, merged_steps"""
+    annealed: dict | None
+    """the final checkpoint after the decay phase (None without a decay phase)"""
+    schedule: dict
+
+
+def choose_points(candidates: Sequence[int], k: int) -> list[int]:
+    """`k` indices spread evenly over `candidates`, always including the last one."""
+    if not candidates or k < 1:
+        return []
+    if k >= len(candidates):
+        return list(candidates)
+    step = (len(candidates) - 1) / (k - 1) if k > 1 else 0
+    picks = {candidates[round(len(candidates) - 1 - i * step)] for i in range(k)}
+    return sorted(picks)
+
+
+def evaluate_pma(
+    run_dir: str | Path,
+    *,
+    val_blocks: torch.Tensor,
+    total_steps: int,
+    warmup_steps: int,
+    decay_steps: int,
+    n: int = 5,
+    stride: int = 1,
+    points: int = 4,
+    methods: Sequence[str] = ("sma", "wma", "ema:0.1", "ema:0.2"),
+    batch_size: int = 16,
+    device: str = "auto",
+) -> PMAResult:
+    """Validation loss of the live checkpoints, of merges of the last `n` checkpoints (every
+    `stride`-th) at `points` places in the stable phase, and of the annealed final model.
+
+    Only checkpoints of the stable phase are merged: the paper (Sec. 4.1) merges in the
+    constant-LR phase and finds that merging too early, with unstable weights, hurts.
+    """
+    run_dir = Path(run_dir)
+    ckpts = list_checkpoints(run_dir)
+    if not ckpts:
+        raise FileNotFoundError(f"run folder {run_dir} has no checkpoint-* folders")
+    dev = resolve_device(device)
+    first_stable, last_stable = stable_range(total_steps, warmup_steps, decay_steps)
+    by_step = dict(ckpts)
+    steps = [s for s, _ in ckpts]
+    model = load_model(ckpts[-1][1], dev)
+    tokens = {s: _tokens(p) for s, p in ckpts}
+
+    def loss_of(state: dict[str, torch.Tensor]) -> float:
+        load_into(model, state)
+        return blocks_loss(model, val_blocks, batch_size, dev)
+
+    def phase(s: int) -> str:
+        return "warmup" if s < first_stable else "stable" if s <= last_stable else "decay"
+
+    live = []
+    for s, p in ckpts:
+        live.append(
+            {
+                "step": s,
+                "tokens": tokens[s],
+                "val_loss": loss_of(merged_state_dict([p], [1.0])),
+                "phase": phase(s),
+            }
+        )
+    live_loss = {r["step"]: r["val_loss"] for r in live}
+
+    stable = [s for s in steps if first_stable <= s <= last_stable]
+    eligible = [s for i, s in enumerate(stable) if i - (n - 1) * stride >= 0]
+    result_points = []
+    for s in choose_points(eligible, points):
+        i = stable.index(s)
+        window = stable[i - (n - 1) * stride : i + 1 : stride]
+        row = {"step": s, "tokens": tokens[s], "live": live_loss[s], "merged_steps": window}
+        for m in methods:
+            row[m] = loss_of(merged_state_dict([by_step[w] for w in window], method_weights(m, n)))
+        result_points.append(row)
+    annealed = None
+    if decay_steps > 0 and steps[-1] > last_stable:
+        s = steps[-1]
+        annealed = {"step": s, "tokens": tokens[s], "val_loss": live_loss[s]}
+    return PMAResult(
+        run=str(run_dir),
+        n=n,
+        stride=stride,
+        interval_steps=(stable[1] - stable[0]) * stride if len(stable) > 1 else 0,
+        methods=list(methods),
+        val_tokens=int(val_blocks.numel() - val_blocks.size(0)),
+        live=live,
+        points=result_points,
+        annealed=annealed,
+        schedule={
+            "total_steps": total_steps,
+            "warmup_steps": warmup_steps,
+            "decay_steps": decay_steps,
+        },
+    )
+
+
+def _tokens(ckpt: Path) -> int:
+    import json
+
+    f = ckpt / "trainer_state.json"
+    if f.is_file():
+        return int(json.loads(f.read_text(encoding="utf-8")).get("num_input_tokens_seen", 0))
+    return 0

@@ -1,0 +1,1 @@
+"""Tiny model and tokenizer builders."""

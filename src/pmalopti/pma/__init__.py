@@ -1,0 +1,29 @@
+"""PMA: merge checkpoints along a pre-training run (offline, streaming) and while training (online)."""
+
+from pmalopti.pma.weights import METHODS, merge_weights, normalize_weights
+
+__all__ = ["METHODS", "merge_weights", "normalize_weights"]
+
+# Online averaging: imported on first use, so `import pmalopti.pma` stays light (torch, and
+# transformers for the callback, load only when asked for).
+_LAZY = {
+    "OnlineAverager": "pmalopti.pma.online",
+    "OnlineAverageConfig": "pmalopti.pma.online",
+    "PMACallback": "pmalopti.integrations.hf_trainer",
+    # Offline streaming merge (torch loads on first use).
+    "merge_checkpoints": "pmalopti.pma.streaming",
+    "write_hf_checkpoint": "pmalopti.pma.writer",
+    "Checkpoint": "pmalopti.pma.select",
+    "checkpoints_from_paths": "pmalopti.pma.select",
+    "discover_checkpoints": "pmalopti.pma.select",
+    "select_checkpoints": "pmalopti.pma.select",
+}
+__all__ += list(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'pmalopti.pma' has no attribute {name!r}")

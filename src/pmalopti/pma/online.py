@@ -1,0 +1,475 @@
+"""PMA while training: fold snapshots of the live weights into running float32 averages.
+
+The paper (arXiv 2505.12082, Sec. 3-4) merges the last N checkpoints, V steps apart, of a
+pre-training run. Online, nothing has to be saved: merge points fall every M steps and the window
+ending at merge point p takes its snapshots at steps p-(N-1)V, ..., p-V, p. Since N and the
+weights w_i (from `merge_weights`) are known before the first snapshot, every window needs one
+float32 accumulator, acc += w_i * theta(step_i) (the same single-accumulator idea as OLMo-core's
+model merger); windows overlap when (N-1)V >= M, each with its own accumulator.
+
+Works on plain modules and on FSDP2 / DTensor parameters: each rank averages its local shard
+(`to_local()`), so nothing is gathered until someone asks for full tensors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from pmalopti.pma.weights import METHODS, Method, merge_weights
+
+try:  # torch builds without distributed support have no DTensor; nothing is sharded there.
+    from torch.distributed.tensor import DTensor
+except ImportError:  # pragma: no cover
+    DTensor = None  # type: ignore[assignment,misc]
+
+Device = Literal["cpu", "same"]
+STATE_FORMAT = "pmalopti.online/1"
+
+
+@dataclass
+class OnlineAverageConfig:
+    """When and how the online averager merges (loadable from YAML, overridable with --set)."""
+
+    method: Method = "sma"
+    """Merge weights: 'sma' (equal), 'wma' (linear, newest weighs most) or 'ema' (needs alpha)."""
+    n: int = 10
+    """N, snapshots per merge (the paper's default is 10)."""
+    interval: int = 10
+    """V, optimizer steps between two snapshots of one merge."""
+    every: int | None = None
+    """M, optimizer steps between merge points (merges at M, 2M, ...); default N*V."""
+    alpha: float | None = None
+    """EMA coefficient in (0, 1], only for method 'ema' (the paper tests 0.1 and 0.2)."""
+    start_step: int = 0
+    """No snapshot is taken before this step; merges whose window would reach earlier are skipped."""
+    device: Device = "cpu"
+    """Where accumulators live: 'cpu' (saves accelerator memory) or 'same' (beside each tensor)."""
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(
+                f"method: {self.method!r} is not allowed; choose one of {list(METHODS)}"
+            )
+        for name in ("n", "interval"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: must be an integer >= 1, got {value!r}")
+        if self.every is None:
+            self.every = self.n * self.interval
+        if isinstance(self.every, bool) or not isinstance(self.every, int) or self.every < 1:
+            raise ValueError(
+                f"every: must be an integer >= 1 (steps between merges), got {self.every!r}"
+            )
+        if isinstance(self.start_step, bool) or not isinstance(self.start_step, int):
+            raise ValueError(f"start_step: must be an integer >= 0, got {self.start_step!r}")
+        if self.start_step < 0:
+            raise ValueError(f"start_step: must be >= 0, got {self.start_step}")
+        if self.device not in ("cpu", "same"):
+            raise ValueError(f"device: {self.device!r} is not allowed; choose 'cpu' or 'same'")
+        if self.method != "ema" and self.alpha is not None:
+            raise ValueError(f"alpha: only method 'ema' uses it, but method is {self.method!r}")
+        try:
+            merge_weights(self.method, self.n, self.alpha)
+        except ValueError as exc:
+            raise ValueError(f"alpha: {exc}") from None
+
+    @property
+    def weights(self) -> list[float]:
+        """w_1..w_N, oldest snapshot first."""
+        return merge_weights(self.method, self.n, self.alpha)
+
+
+# --- merge-window arithmetic (pure) ----------------------------------------------------------
+
+
+def window_steps(merge_step: int, n: int, interval: int) -> list[int]:
+    """Snapshot steps of the window ending at `merge_step`, oldest first."""
+    return [merge_step - (n - 1 - i) * interval for i in range(n)]
+
+
+def windows_at(step: int, cfg: OnlineAverageConfig) -> list[tuple[int, int]]:
+    """(merge_step, i) for every scheduled window whose i-th snapshot (0 = oldest) is at `step`."""
+    assert cfg.every is not None
+    hits = []
+    for later in range(cfg.n):  # snapshots of the window still to come after this one
+        p = step + later * cfg.interval
+        if p > 0 and p % cfg.every == 0 and p - (cfg.n - 1) * cfg.interval >= cfg.start_step:
+            hits.append((p, cfg.n - 1 - later))
+    return hits
+
+
+def next_merge_step(after: int, cfg: OnlineAverageConfig) -> int:
+    """The first scheduled merge point strictly after step `after`."""
+    assert cfg.every is not None
+    first = cfg.start_step + (cfg.n - 1) * cfg.interval  # earliest merge whose window fits
+    p = max(after + 1, first, 1)
+    return -(-p // cfg.every) * cfg.every
+
+
+# --- the averager ----------------------------------------------------------------------------
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """The rank-local shard of a DTensor, or the tensor itself."""
+    if DTensor is not None and isinstance(t, DTensor):
+        return t.to_local()
+    return t
+
+
+def _tracked(model_or_params: Any) -> list[tuple[str, torch.Tensor]]:
+    """Parameters and persistent buffers of a module (tied weights once), or a name->tensor map."""
+    if isinstance(model_or_params, nn.Module):
+        # named_parameters drops tied duplicates (lm_head.weight is model.embed_tokens.weight);
+        # non-persistent buffers (rotary inv_freq) are recomputed by the model, not merged.
+        persistent = set(model_or_params.state_dict(keep_vars=True))
+        items = list(model_or_params.named_parameters())
+        items += [(n, b) for n, b in model_or_params.named_buffers() if n in persistent]
+    elif isinstance(model_or_params, Mapping):
+        items = list(model_or_params.items())
+    elif isinstance(model_or_params, Iterable):
+        items = list(model_or_params)
+    else:
+        raise TypeError(
+            "model_or_params: expected an nn.Module, a mapping of name -> tensor or an iterable of "
+            f"(name, tensor) pairs, got {type(model_or_params).__name__}"
+        )
+    if not items:
+        raise ValueError("model_or_params: there are no tensors to average")
+    names = [n for n, _ in items]
+    if len(set(names)) != len(names):
+        raise ValueError("model_or_params: tensor names must be unique")
+    for name, t in items:
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"model_or_params: {name!r} is a {type(t).__name__}, not a tensor")
+        # Both keep each rank's slice outside the tensor torch shows us: averaging that tensor
+        # would average placeholders (ZeRO-3) or flattened, renamed groups (FSDP1).
+        if hasattr(t, "ds_id"):
+            raise ValueError(
+                f"model_or_params: {name!r} is partitioned by DeepSpeed ZeRO-3, which the averager "
+                "cannot read; use FSDP2 (fully_shard) or ZeRO stage 1/2"
+            )
+        if type(t).__name__ == "FlatParameter":
+            raise ValueError(
+                f"model_or_params: {name!r} is an FSDP1 flat parameter; use FSDP2 (fully_shard)"
+            )
+    return items
+
+
+@dataclass
+class _Window:
+    merge_step: int
+    next_index: int  # index (0 = oldest) of the next snapshot to fold
+    acc: dict[int, torch.Tensor]  # tensor index -> float32 running sum (floating tensors only)
+
+
+class _Swap:
+    """Returned by `swap_in()`; as a context manager it swaps the live weights back on exit."""
+
+    def __init__(self, averager: OnlineAverager) -> None:
+        self._averager = averager
+
+    def __enter__(self) -> OnlineAverager:
+        return self._averager
+
+    def __exit__(self, *exc: object) -> None:
+        self._averager.swap_out()
+
+
+class OnlineAverager:
+    """Running SMA / WMA / EMA merges of a model's weights during training.
+
+    Call `step(global_step)` after every optimizer step (and once before training with the
+    starting step, so a window that begins there sees it). Memory: one float32 copy of the
+    (local) weights per open window, plus the latest merge.
+
+    >>> avg = OnlineAverager(model, method="sma", n=4, interval=5, every=20)  # doctest: +SKIP
+    >>> if avg.step(step):                                                      # doctest: +SKIP
+    ...     with avg.swap_in():
+    ...         evaluate(model)
+    """
+
+    def __init__(
+        self,
+        model_or_params: nn.Module
+        | Mapping[str, torch.Tensor]
+        | Iterable[tuple[str, torch.Tensor]],
+        *,
+        method: Method = "sma",
+        n: int = 10,
+        interval: int = 10,
+        every: int | None = None,
+        alpha: float | None = None,
+        start_step: int = 0,
+        device: Device = "cpu",
+        config: OnlineAverageConfig | None = None,
+    ) -> None:
+        if config is None:
+            config = OnlineAverageConfig(
+                method=method,
+                n=n,
+                interval=interval,
+                every=every,
+                alpha=alpha,
+                start_step=start_step,
+                device=device,
+            )
+        self.config = config
+        self._weights = config.weights
+        items = _tracked(model_or_params)
+        self.names = [n for n, _ in items]
+        self._tensors = [t for _, t in items]
+        self._is_float = [t.is_floating_point() for t in self._tensors]
+        self._windows: dict[int, _Window] = {}
+        self._last_step: int | None = None
+        self._merged: list[torch.Tensor] | None = None
+        self._merged_step: int | None = None
+        self._backup: list[torch.Tensor] | None = None
+        self._dropped: set[int] = set()  # merge points already warned about
+
+    # -- schedule ---------------------------------------------------------------------------
+
+    @property
+    def merged_step(self) -> int | None:
+        """Merge point of the latest completed merge, or None before the first."""
+        return self._merged_step
+
+    @property
+    def last_step(self) -> int | None:
+        """The last step passed to `step()`."""
+        return self._last_step
+
+    @property
+    def open_windows(self) -> list[int]:
+        """Merge points of the windows that have started and not yet completed."""
+        return sorted(self._windows)
+
+    def next_merge_step(self) -> int:
+        """The next scheduled merge point."""
+        after = self._last_step if self._last_step is not None else self.config.start_step - 1
+        return next_merge_step(after, self.config)
+
+    def _dev(self, t: torch.Tensor) -> torch.device:
+        return torch.device("cpu") if self.config.device == "cpu" else t.device
+
+    def step(self, global_step: int) -> bool:
+        """Take the snapshots due at `global_step`; True when a merge completed at this step."""
+        if self._backup is not None:
+            raise RuntimeError("step() while merged weights are swapped in; call swap_out() first")
+        if isinstance(global_step, bool) or not isinstance(global_step, int) or global_step < 0:
+            raise ValueError(f"global_step: must be an integer >= 0, got {global_step!r}")
+        last = self._last_step
+        if last is not None and global_step <= last:
+            # The same step twice is a no-op: a resumed trainer reports its step again at start.
+            if global_step == last:
+                return False
+            raise ValueError(
+                f"global_step went back from {last} to {global_step}; "
+                "to resume a run, load_state_dict() the averager state saved with its checkpoint"
+            )
+        self._last_step = global_step
+        cfg = self.config
+        for p, w in list(self._windows.items()):
+            expected = window_steps(p, cfg.n, cfg.interval)[w.next_index]
+            if expected < global_step:
+                del self._windows[p]
+                self._dropped.add(p)
+                warnings.warn(
+                    f"OnlineAverager: dropped the merge at step {p}: its snapshot at step {expected} "
+                    f"was never observed (step jumped to {global_step})",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+        folds: list[tuple[_Window, int]] = []
+        for p, i in windows_at(global_step, cfg):
+            if i == 0:
+                self._windows[p] = _Window(p, 0, {})
+            elif p not in self._windows:
+                if i == cfg.n - 1 and p not in self._dropped:
+                    warnings.warn(
+                        f"OnlineAverager: skipped the merge at step {p}: its first snapshot "
+                        f"(step {window_steps(p, cfg.n, cfg.interval)[0]}) was not observed",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
+                continue
+            folds.append((self._windows[p], i))
+        self._dropped.discard(global_step)
+        if not folds:
+            return False
+        self._fold(folds)
+        done = self._windows.pop(global_step, None)
+        if done is None:
+            return False
+        self._finish(done)
+        return True
+
+    @torch.no_grad()
+    def _fold(self, folds: list[tuple[_Window, int]]) -> None:
+        """acc += w_i * theta for every window due now; theta is read and cast once per tensor."""
+        last_index = self.config.n - 1
+        for k, t in enumerate(self._tensors):
+            local = _local(t).detach()
+            if not self._is_float[k]:
+                # Step counters and integer buffers are not averaged: the newest one wins (DESIGN.md).
+                for w, i in folds:
+                    if i == last_index:
+                        w.acc[k] = local.to(self._dev(t), copy=True)
+                continue
+            x = local.to(device=self._dev(t), dtype=torch.float32)  # (local shard shape)
+            for w, i in folds:
+                if i == 0:
+                    w.acc[k] = x * self._weights[0]
+                else:
+                    w.acc[k].add_(x, alpha=self._weights[i])
+        for w, i in folds:
+            if w.next_index != i:  # unreachable unless the schedule arithmetic is wrong
+                raise AssertionError(
+                    f"window {w.merge_step}: folded snapshot {i}, expected {w.next_index}"
+                )
+            w.next_index = i + 1
+
+    def _finish(self, window: _Window) -> None:
+        self._merged = [window.acc[k] for k in range(len(self._tensors))]
+        self._merged_step = window.merge_step
+
+    # -- results ----------------------------------------------------------------------------
+
+    def _require_merged(self) -> list[torch.Tensor]:
+        if self._merged is None:
+            raise RuntimeError(
+                f"no merge has completed yet; the next merge point is step {self.next_merge_step()}"
+            )
+        return self._merged
+
+    def merged_state_dict(
+        self, *, dtype: torch.dtype | None = None, full: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """The latest merge as new tensors, named like the model.
+
+        Floating tensors come back in their live dtype (or `dtype`, e.g. torch.float32 for the raw
+        accumulator). DTensor parameters come back as local shards, or, with `full=True`, as
+        whole tensors gathered from all ranks (a collective: call it on every rank).
+        """
+        merged = self._require_merged()
+        out = {}
+        for name, t, m in zip(self.names, self._tensors, merged, strict=True):
+            target = dtype if dtype is not None and m.is_floating_point() else t.dtype
+            v = m.to(dtype=target, copy=True)
+            if full and DTensor is not None and isinstance(t, DTensor):
+                v = (
+                    DTensor.from_local(
+                        v.to(t.device),
+                        t.device_mesh,
+                        t.placements,
+                        shape=t.shape,
+                        stride=t.stride(),
+                    )
+                    .full_tensor()
+                    .to(m.device)
+                )  # whole tensors go where the accumulators live
+            out[name] = v
+        return out
+
+    @torch.no_grad()
+    def swap_in(self) -> _Swap:
+        """Put the latest merge into the model (live weights kept aside); usable as `with`."""
+        merged = self._require_merged()
+        if self._backup is not None:
+            raise RuntimeError("merged weights are already swapped in")
+        locals_ = [_local(t) for t in self._tensors]
+        self._backup = [
+            x.detach().to(self._dev(t), copy=True)
+            for x, t in zip(locals_, self._tensors, strict=True)
+        ]
+        for x, m in zip(locals_, merged, strict=True):
+            x.copy_(m)
+        return _Swap(self)
+
+    @torch.no_grad()
+    def swap_out(self) -> None:
+        """Restore the live weights bit for bit."""
+        if self._backup is None:
+            raise RuntimeError("swap_out() without swap_in()")
+        for t, b in zip(self._tensors, self._backup, strict=True):
+            _local(t).copy_(b)
+        self._backup = None
+
+    @property
+    def swapped_in(self) -> bool:
+        return self._backup is not None
+
+    # -- resume -----------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Schedule, open windows and latest merge, for `torch.save` / `torch.load(weights_only=True)`.
+
+        Like `nn.Module.state_dict()`, the tensors are the live accumulators, not copies.
+        """
+        return {
+            "format": STATE_FORMAT,
+            "config": dataclasses.asdict(self.config),
+            "names": list(self.names),
+            "last_step": self._last_step,
+            "windows": [
+                {
+                    "merge_step": w.merge_step,
+                    "next_index": w.next_index,
+                    "acc": {self.names[k]: v for k, v in w.acc.items()},
+                }
+                for w in self._windows.values()
+            ],
+            "merged_step": self._merged_step,
+            "merged": {}
+            if self._merged is None
+            else dict(zip(self.names, self._merged, strict=True)),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore the state saved by `state_dict()`; the schedule and tensors must match."""
+        if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT:
+            raise ValueError(f"averager state: not a {STATE_FORMAT} state dict")
+        saved = state["config"]
+        mine = dataclasses.asdict(self.config)
+        for key in ("method", "n", "interval", "every", "alpha", "start_step"):
+            if saved.get(key) != mine[key]:
+                raise ValueError(
+                    f"averager state: {key} is {saved.get(key)!r} in the saved state but "
+                    f"{mine[key]!r} here; resume with the same schedule"
+                )
+        if list(state["names"]) != self.names:
+            missing = sorted(set(self.names) ^ set(state["names"]))[:5]
+            raise ValueError(
+                f"averager state: tensor names differ from this model's (e.g. {missing})"
+            )
+        index = {name: k for k, name in enumerate(self.names)}
+
+        def restore(name: str, v: torch.Tensor, where: str) -> torch.Tensor:
+            t = self._tensors[index[name]]
+            local = _local(t)
+            if tuple(v.shape) != tuple(local.shape):
+                raise ValueError(
+                    f"averager state: {where} {name!r} has shape {tuple(v.shape)}, the model's "
+                    f"(local) tensor {tuple(local.shape)}; resume with the same sharding"
+                )
+            return v.to(self._dev(t))
+
+        windows = {}
+        for w in state["windows"]:
+            acc = {
+                index[n]: restore(n, v, f"window {w['merge_step']}") for n, v in w["acc"].items()
+            }
+            windows[int(w["merge_step"])] = _Window(int(w["merge_step"]), int(w["next_index"]), acc)
+        merged = None
+        if state["merged_step"] is not None:
+            merged = [restore(n, state["merged"][n], "merge") for n in self.names]
+        self._windows = windows
+        self._merged = merged
+        self._merged_step = state["merged_step"]
+        self._last_step = state["last_step"]

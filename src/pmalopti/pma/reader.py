@@ -1,0 +1,216 @@
+"""Lazy, per-tensor access to one checkpoint, through its own index.
+
+A checkpoint is a Hugging Face model folder (`model.safetensors`, shards + index, or
+`pytorch_model*.bin`) or a single `.safetensors` file. Headers are read and checked when it is
+opened; tensor data is read only when asked for, one tensor at a time, so memory does not
+depend on how many checkpoints are open. `.bin` files have no header: they are opened with
+`torch.load(weights_only=True, mmap=True)`, one file per checkpoint at a time (slower).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pmalopti.pma.safetensors_format import (
+    SafetensorsError,
+    StoredTensor,
+    TensorSpec,
+    pread_into,
+    read_header,
+)
+
+ST_INDEX = "model.safetensors.index.json"
+ST_SINGLE = "model.safetensors"
+BIN_INDEX = "pytorch_model.bin.index.json"
+BIN_SINGLE = "pytorch_model.bin"
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read JSON ({exc})") from exc
+
+
+def _index_files(folder: Path, index_name: str) -> dict[str, Path]:
+    """tensor name -> shard file, from a HF index; every shard it names must exist."""
+    index = _read_json(folder / index_name)
+    wmap = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(wmap, dict) or not wmap:
+        raise ValueError(f"{folder / index_name}: no 'weight_map' in the index")
+    out = {}
+    for name, fname in wmap.items():
+        f = folder / str(fname)
+        if not f.is_file():
+            raise FileNotFoundError(
+                f"{folder / index_name}: shard {fname} (for {name!r}) is missing"
+            )
+        out[name] = f
+    return out
+
+
+def _load_bin(path: Path) -> dict[str, torch.Tensor]:
+    """A `pytorch_model*.bin` state dict, never unpickling anything but tensors."""
+    try:
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # legacy (non-zip) files cannot be memory-mapped
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"{path}: cannot load with torch.load(weights_only=True): {exc}") from exc
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ValueError(f"{path}: not a state dict of tensors")
+    return sd
+
+
+class CheckpointReader:
+    """One checkpoint's tensors by name: `specs` (shape, dtype) up front, `read(name)` lazily.
+
+    `read` is safe to call from several threads.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        p = self.path
+        if not p.exists():
+            raise FileNotFoundError(f"checkpoint {p} does not exist")
+        self.model_dir: Path | None = p if p.is_dir() else None
+        self.config: dict[str, Any] | None = None
+        if self.model_dir and (self.model_dir / "config.json").is_file():
+            self.config = _read_json(self.model_dir / "config.json")
+        self._stored: dict[str, StoredTensor] = {}
+        self._bin_files: dict[str, Path] = {}
+        self._bin_cache: tuple[Path, dict[str, torch.Tensor]] | None = None
+        self._lock = threading.Lock()
+        self._fds: dict[Path, int] = {}
+        self.specs: dict[str, TensorSpec] = {}
+        self.format = "safetensors"
+        if p.is_file():
+            if p.suffix == ".safetensors":
+                self._open_safetensors({None: p})
+            elif p.suffix in (".bin", ".pt", ".pth"):
+                self._open_bin([p])
+            else:
+                raise ValueError(f"checkpoint {p}: expected a model folder or a .safetensors file")
+        elif (p / ST_INDEX).is_file():
+            self._open_safetensors(_index_files(p, ST_INDEX))
+        elif (p / ST_SINGLE).is_file():
+            self._open_safetensors({None: p / ST_SINGLE})
+        elif (p / BIN_INDEX).is_file():
+            self._open_bin(sorted(set(_index_files(p, BIN_INDEX).values())))
+        elif (p / BIN_SINGLE).is_file():
+            self._open_bin([p / BIN_SINGLE])
+        else:
+            raise FileNotFoundError(
+                f"checkpoint {p}: no {ST_SINGLE}, {ST_INDEX}, {BIN_SINGLE} or {BIN_INDEX} in it"
+            )
+
+    def _open_safetensors(self, files: dict[str | None, Path]) -> None:
+        expected = {n: f for n, f in files.items() if n is not None}
+        headers: dict[Path, dict[str, StoredTensor]] = {}
+        for f in sorted(set(files.values())):
+            try:
+                headers[f], _ = read_header(f)
+            except SafetensorsError as exc:
+                raise ValueError(f"checkpoint {self.path}: {exc}") from exc
+        for f, stored in headers.items():
+            for name, st in stored.items():
+                if name in self._stored:
+                    raise ValueError(
+                        f"checkpoint {self.path}: tensor {name!r} is stored twice "
+                        f"({self._stored[name].file.name} and {f.name})"
+                    )
+                self._stored[name] = st
+        for name, f in expected.items():
+            st = self._stored.get(name)
+            if st is None or st.file != f:
+                raise ValueError(
+                    f"checkpoint {self.path}: the index puts tensor {name!r} in {f.name}, "
+                    "but that file does not hold it"
+                )
+        # File order, so that a merge reads each shard front to back.
+        order = sorted(self._stored.values(), key=lambda s: (str(s.file), s.offset))
+        self.specs = {s.spec.name: s.spec for s in order}
+
+    def _open_bin(self, files: list[Path]) -> None:
+        self.format = "bin"
+        for f in files:
+            sd = _load_bin(f)
+            for name, t in sd.items():
+                if name in self.specs:
+                    raise ValueError(f"checkpoint {self.path}: tensor {name!r} is stored twice")
+                self.specs[name] = TensorSpec(name, tuple(t.shape), t.dtype)
+                self._bin_files[name] = f
+            del sd
+
+    @property
+    def nbytes(self) -> int:
+        return sum(s.nbytes for s in self.specs.values())
+
+    def read(self, name: str) -> torch.Tensor:
+        """One whole tensor, in fresh memory."""
+        spec = self._spec(name)
+        buf = torch.empty(spec.nbytes, dtype=torch.uint8)  # (bytes,)
+        return self.read_into(name, 0, math.prod(spec.shape), buf).reshape(spec.shape)
+
+    def read_into(self, name: str, start: int, count: int, buf: torch.Tensor) -> torch.Tensor:
+        """Elements [start, start + count) of the flattened tensor, read into the uint8 `buf`.
+
+        Returns a 1-D view of `buf` in the tensor's dtype. Reading a tensor in fixed-size
+        pieces into reused buffers keeps memory flat whatever the tensor and checkpoint sizes.
+        """
+        spec = self._spec(name)
+        size = spec.dtype.itemsize
+        out = buf[: count * size]
+        if self.format == "bin":
+            with self._lock:
+                src = self._bin_tensor(name).reshape(-1)[start : start + count]
+                out.view(spec.dtype).copy_(src)
+            return out.view(spec.dtype)
+        st = self._stored[name]
+        with self._lock:
+            fd = self._fds.get(st.file)
+            if fd is None:
+                fd = self._fds[st.file] = os.open(st.file, os.O_RDONLY)
+        what = f"checkpoint {self.path}: {st.file.name}: tensor {name!r}"
+        try:
+            pread_into(fd, st.offset + start * size, memoryview(out.numpy()), what)
+        except SafetensorsError as exc:
+            raise ValueError(str(exc)) from exc
+        return out.view(spec.dtype)
+
+    def _spec(self, name: str) -> TensorSpec:
+        try:
+            return self.specs[name]
+        except KeyError:
+            raise KeyError(f"checkpoint {self.path} has no tensor {name!r}") from None
+
+    def _bin_tensor(self, name: str) -> torch.Tensor:
+        f = self._bin_files[name]
+        if self._bin_cache is None or self._bin_cache[0] != f:
+            self._bin_cache = None  # drop the previous file before loading the next
+            self._bin_cache = (f, _load_bin(f))
+        return self._bin_cache[1][name]
+
+    def close(self) -> None:
+        with self._lock:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
+            self._bin_cache = None
+
+    def __enter__(self) -> CheckpointReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"CheckpointReader({str(self.path)!r}, {len(self.specs)} tensors)"

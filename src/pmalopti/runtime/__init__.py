@@ -1,0 +1,1 @@
+"""Shared runtime: device, checkpoints, run log, filesystem."""
