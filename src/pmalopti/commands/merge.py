@@ -14,6 +14,8 @@ EXAMPLES = """examples:
   pmalopti merge --run-dir runs/tiny --last 4 --every 2 --method ema --alpha 0.2 -o merged
   pmalopti merge --run-dir runs/tiny --until 3000 --last 5 -o recover   # before a loss spike
   pmalopti merge ckpt-a ckpt-b model.safetensors --weights 1,2,3 --dtype bf16 -o merged
+  pmalopti merge --run-dir outputs/checkpoint --last 10 -o merged-dcp  # torchtitan step-N (DCP)
+  pmalopti merge --run-dir ckpts --last 4 --keep-non-model -o iter_0004000 # Megatron torch_dist
 """
 
 
@@ -29,7 +31,8 @@ def register(subparsers) -> None:
         "checkpoints",
         nargs="*",
         metavar="CKPT",
-        help="model folders or .safetensors files, oldest first",
+        help="model folders, .safetensors files or DCP checkpoints (docs/merging-real-runs.md), "
+        "oldest first",
     )
     p.add_argument("-o", "--output", metavar="OUT", help="output model folder")
     sel = p.add_argument_group("selecting checkpoints from a run folder")
@@ -71,6 +74,29 @@ def register(subparsers) -> None:
     )
     how.add_argument(
         "--shard-size", default="5GB", metavar="SIZE", help="max shard size (default 5GB)"
+    )
+    dcp = p.add_argument_group(
+        "distributed checkpoints (torchtitan, OLMo-core, Megatron, accelerate)"
+    )
+    dcp.add_argument(
+        "--format",
+        choices=("dcp", "hf"),
+        help="output of a DCP merge: dcp (default; same keys and chunks, loadable with dcp.load) "
+        "or hf (safetensors folder, where the keys map to a HF model)",
+    )
+    dcp.add_argument(
+        "--keep-non-model",
+        action="store_true",
+        help="copy optimizer, scheduler, data-loader and step entries from the newest checkpoint "
+        "(for a resume; never averaged); default: dropped",
+    )
+    dcp.add_argument(
+        "--model-prefix",
+        metavar="P1,P2",
+        help="model keys are those starting with these prefixes (default: per layout)",
+    )
+    dcp.add_argument(
+        "--hf-config", metavar="DIR", help="--format hf: HF config (and tokenizer) folder"
     )
     how.add_argument("--force", action="store_true", help="replace OUT if it exists")
     how.add_argument("--dry-run", action="store_true", help="print the selection, merge nothing")
@@ -133,6 +159,11 @@ def run(args) -> int:
             raise UserError(f"--alpha is only used by --method ema, not {method}")
         weights = merge_weights(method, len(ckpts), args.alpha)
 
+    from pmalopti.pma.dcp_layout import detect_all
+
+    dcp_ckpts = detect_all([c.path for c in ckpts])
+    if dcp_ckpts is None and (args.format or args.keep_non_model or args.model_prefix):
+        raise UserError("--format, --keep-non-model and --model-prefix are for DCP checkpoints")
     shard_size = parse_count(args.shard_size, "--shard-size")
     if shard_size < 1:
         raise UserError("--shard-size must be positive")
@@ -145,6 +176,37 @@ def run(args) -> int:
     if not args.output:
         raise UserError("-o/--output OUT is required (or use --dry-run)")
 
+    record = {
+        "method": method,
+        "alpha": args.alpha,
+        "selection": {
+            "run_dir": str(Path(args.run_dir).resolve()) if args.run_dir else None,
+            "last": args.last,
+            "every": args.every,
+            "every_tokens": every_tokens,
+            "until": args.until,
+        },
+    }
+    if dcp_ckpts is not None:
+        from pmalopti.pma.dcp_merge import merge_dcp
+
+        out = merge_dcp(
+            dcp_ckpts,
+            weights,
+            args.output,
+            dtype=args.dtype,
+            keep_non_model=args.keep_non_model,
+            model_prefix=args.model_prefix.split(",") if args.model_prefix else None,
+            out_format=args.format or "dcp",
+            hf_config=args.hf_config,
+            shard_size=shard_size,
+            force=args.force,
+            progress=not args.no_progress,
+            metadata=record,
+            tokens=[c.tokens for c in ckpts],
+        )
+        print(f"merged checkpoint ({args.format or 'dcp'}, {dcp_ckpts[-1].layout}): {out}")
+        return 0
     from pmalopti.pma.streaming import merge_checkpoints
 
     merge_checkpoints(
@@ -155,17 +217,7 @@ def run(args) -> int:
         shard_size=shard_size,
         force=args.force,
         progress=not args.no_progress,
-        metadata={
-            "method": method,
-            "alpha": args.alpha,
-            "selection": {
-                "run_dir": str(Path(args.run_dir).resolve()) if args.run_dir else None,
-                "last": args.last,
-                "every": args.every,
-                "every_tokens": every_tokens,
-                "until": args.until,
-            },
-        },
+        metadata=record,
     )
     print(f"merged model: {Path(args.output).resolve()}")
     return 0

@@ -16,9 +16,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pmalopti.pma.dcp_layout import step_from_name
+
 log = logging.getLogger(__name__)
 
-STEP_DIR = re.compile(r"^(?:checkpoint-|step)(\d+)$")
+# HF Trainer checkpoint-N, OLMo-core stepN, torchtitan step-N, Megatron iter_NNNNNNN.
+STEP_DIR = re.compile(r"^(?:checkpoint-|step-?|iter_)(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,8 @@ def describe(path: str | Path) -> Checkpoint:
     m = STEP_DIR.match(path.name)
     if step is None and m:
         step = int(m.group(1))
+    if step is None:  # a DCP sub-folder (OLMo-core model_and_optim/, pytorch_model_fsdp_0/)
+        step = step_from_name(path)
     return Checkpoint(path, step, tokens)
 
 
