@@ -60,7 +60,7 @@ def _reference_loss(
     tokens = [x for r in rows for x in r if x is not None]
     seqs = [[x for x in r if x is not None] for r in rows]
     seqs = [s for s in seqs if s]
-    if agg == "token-mean":
+    if agg in ("token-mean", "micro-token-mean"):  # one micro-batch: the two coincide
         return sum(tokens) / (denom or len(tokens))
     if agg == "seq-mean-token-mean":
         return sum(sum(s) / len(s) for s in seqs) / (denom or len(seqs))
