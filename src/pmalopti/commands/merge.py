@@ -6,7 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-HELP = "average checkpoints along a training run (PMA: SMA, EMA, WMA) into one HF model"
+HELP = (
+    "average checkpoints along a training run (PMA: SMA, EMA, WMA) into one model: HF folders, "
+    "or DCP checkpoints of torchtitan, OLMo-core, Megatron, accelerate"
+)
 
 EXAMPLES = """examples:
   pmalopti merge --example                                   # tiny run made locally, then merged
