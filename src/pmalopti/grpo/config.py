@@ -12,8 +12,7 @@ from dataclasses import field
 from typing import Any, Literal
 
 from pmalopti.config import SEED, bounded
-
-Agg = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
+from pmalopti.rl.loss import AGG_MODES, Agg
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -125,7 +124,12 @@ class AlgoConfig:
     kl_coef: float = bounded(0.0, ge=0)
     """β of the k3 KL to the frozen reference (paper: 1e-3); 0 never builds the reference"""
     agg: Agg = "token-mean"
-    """loss aggregation over the minibatch"""
+    """loss aggregation: token-mean over the minibatch (verl 0.9.1); micro-token-mean, the token-mean
+    of each micro-batch ÷ the accumulation steps (the paper authors' code; depends on
+    micro_batch_size); seq-mean-token-mean (TRL grpo); seq-mean-token-sum-norm (Dr. GRPO)"""
+    kl_log_ratio_clamp: Literal[5, 20] = 20
+    """bound b of the clamp of logπ_ref − logπ to [−b, b] inside the k3 KL: 20 as verl 0.9.1,
+    5 as the paper authors' code"""
     ppo_epochs: int = bounded(1, ge=1)
     """sweeps over the rollout batch per pass"""
     minibatch_size: int = bounded(64, ge=1)
@@ -136,6 +140,11 @@ class AlgoConfig:
     """shuffle sequences into minibatches (with the trainer's seeded generator)"""
 
     def __post_init__(self):
+        _check(self.agg in AGG_MODES, f"algo.agg: {self.agg!r} is not one of {list(AGG_MODES)}")
+        _check(
+            self.kl_log_ratio_clamp in (5, 20),
+            f"algo.kl_log_ratio_clamp must be 5 or 20, got {self.kl_log_ratio_clamp!r}",
+        )
         _check(
             self.minibatch_size % self.micro_batch_size == 0,
             f"algo.micro_batch_size {self.micro_batch_size} must divide "
