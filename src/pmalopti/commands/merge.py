@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from pmalopti.commands._common import add_force, add_merge_method, add_output
+
 HELP = (
     "average checkpoints along a training run (PMA: SMA, EMA, WMA) into one model: HF folders, "
     "or DCP checkpoints of torchtitan, OLMo-core, Megatron, accelerate"
@@ -37,7 +39,7 @@ def register(subparsers) -> None:
         help="model folders, .safetensors files or DCP checkpoints (docs/merging-real-runs.md), "
         "oldest first",
     )
-    p.add_argument("-o", "--output", metavar="OUT", help="output model folder")
+    add_output(p, force=False, help="output model folder")
     sel = p.add_argument_group("selecting checkpoints from a run folder")
     sel.add_argument(
         "--run-dir", metavar="RUN", help="folder of checkpoint-<step> or step<N> sub-folders"
@@ -61,12 +63,7 @@ def register(subparsers) -> None:
         "--until", type=int, metavar="STEP", help="only checkpoints at or before STEP (loss spike)"
     )
     how = p.add_argument_group("weights and output")
-    how.add_argument(
-        "--method",
-        choices=("sma", "ema", "wma"),
-        help="sma: equal weights (default); wma: weight i/sum; ema: recursion with --alpha",
-    )
-    how.add_argument("--alpha", type=float, help="EMA weight of the newest, in (0, 1] (paper 0.2)")
+    add_merge_method(how, default=None)
     how.add_argument(
         "--weights", metavar="W1,W2,...", help="explicit weights, oldest first (normalised)"
     )
@@ -101,7 +98,7 @@ def register(subparsers) -> None:
     dcp.add_argument(
         "--hf-config", metavar="DIR", help="--format hf: HF config (and tokenizer) folder"
     )
-    how.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    add_force(how)
     how.add_argument("--dry-run", action="store_true", help="print the selection, merge nothing")
     how.add_argument("--no-progress", action="store_true", help="no progress bar")
     how.add_argument(

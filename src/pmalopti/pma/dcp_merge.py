@@ -401,7 +401,7 @@ def merge_dcp(
         "dtype": None if dtype is None else str(dtype).removeprefix("torch."),
     }
     record.setdefault("method", "explicit")
-    with atomic_dir(out, force=force) as tmp:
+    with atomic_dir(out, force=force, inputs=[c.path for c in ckpts], kind="merge") as tmp:
         if out_format == "hf":
             record["hf_mapping"] = target.mapping
             stats = target.write(sources, ws, tmp, dtype=dtype, shard_size=shard_size)
