@@ -128,6 +128,7 @@ def test_side_files_follow_the_layout(runs, tmp_path):
     acc = detect_all(ckpt_paths(runs, "accelerate"))
     m = merge_dcp(acc, WEIGHTS, tmp_path / "acc", progress=False)
     assert sorted(p.name for p in m.iterdir()) == [
+        ".pmalopti.json",
         "config.json", "pmalopti_merge.json", "pytorch_model_fsdp_0",
     ]  # fmt: skip
     k = merge_dcp(acc, WEIGHTS, tmp_path / "acc-keep", keep_non_model=True, progress=False)
