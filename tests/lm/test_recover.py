@@ -198,7 +198,9 @@ def test_bad_recover_inputs_fail_clearly_and_write_nothing(spiky_run, tmp_path, 
         )
         == 2
     )
-    assert "(checkpoints at steps <= 0 count as before it): no checkpoint" in capsys.readouterr().err
+    assert (
+        "(checkpoints at steps <= 0 count as before it): no checkpoint" in capsys.readouterr().err
+    )
     assert (
         main(
             [

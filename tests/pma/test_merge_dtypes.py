@@ -76,3 +76,24 @@ def test_fp8_tensors_are_refused_naming_the_tensor_before_anything_is_written(tm
         merge_checkpoints([a, b], [1, 1], tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]
+
+
+def test_read_ahead_asks_the_kernel_to_prefetch_each_file_and_changes_nothing(
+    tmp_path, monkeypatch
+):
+    import os
+
+    calls = []
+    real = os.posix_fadvise
+    monkeypatch.setattr(
+        os, "posix_fadvise", lambda fd, off, n, adv: calls.append((off, n)) or real(fd, off, n, adv)
+    )
+    paths = pair(tmp_path)
+    plain = merge_checkpoints(paths, [1, 1], tmp_path / "plain", progress=False, chunk_bytes=256)
+    ahead = merge_checkpoints(
+        paths, [1, 1], tmp_path / "ahead", progress=False, chunk_bytes=256, read_ahead=8 << 20
+    )
+    assert (plain / "model.safetensors").read_bytes() == (ahead / "model.safetensors").read_bytes()
+    assert calls and all(n > 0 for _, n in calls)
+    # Each file is advised once per half window, not once per piece.
+    assert len(calls) < 10
