@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from pmalopti.commands._common import add_force, add_merge_method, add_output
+
 HELP = "average checkpoints along a training run (PMA: SMA, EMA, WMA) into one HF model"
 
 EXAMPLES = """examples:
@@ -15,26 +17,6 @@ EXAMPLES = """examples:
   pmalopti merge --run-dir runs/tiny --before-spike 3000 --last 5 -o recover  # spike logged at 3000
   pmalopti merge ckpt-a ckpt-b model.safetensors --weights 1,2,3 --as-given --dtype bf16 -o merged
 """
-
-
-def add_merge_method_args(parser, *, weights: bool = True) -> None:
-    """`--method NAME [--alpha A]` (and `--weights`): the one spelling of a merge method.
-
-    `--method ema:0.2` is accepted too (the config spelling); `merge_spec_from_args` parses all
-    of them with `MergeSpec`.
-    """
-    parser.add_argument(
-        "--method",
-        metavar="NAME",
-        help="sma (equal weights, default), wma (weight i/sum) or ema (recursion, needs --alpha)",
-    )
-    parser.add_argument(
-        "--alpha", type=float, help="EMA weight of the newest, in (0, 1] (paper 0.2)"
-    )
-    if weights:
-        parser.add_argument(
-            "--weights", metavar="W1,W2,...", help="explicit weights, oldest first (normalised)"
-        )
 
 
 def merge_spec_from_args(args):
@@ -62,7 +44,7 @@ def register(subparsers) -> None:
         metavar="CKPT",
         help="model folders or .safetensors files (ordered by their step where it is known)",
     )
-    p.add_argument("-o", "--output", metavar="OUT", help="output model folder")
+    add_output(p, force=False, help="output model folder")
     p.add_argument(
         "--as-given",
         action="store_true",
@@ -102,7 +84,10 @@ def register(subparsers) -> None:
         help="only checkpoints before a loss spike logged at step S (steps <= S-2, as recover)",
     )
     how = p.add_argument_group("weights and output")
-    add_merge_method_args(how)
+    add_merge_method(how, default=None)
+    how.add_argument(
+        "--weights", metavar="W1,W2,...", help="explicit weights, oldest first (normalised)"
+    )
     how.add_argument(
         "--dtype",
         choices=("bf16", "fp16", "fp32"),
@@ -116,7 +101,7 @@ def register(subparsers) -> None:
         metavar="SIZE",
         help="bytes in flight per input file (e.g. 16MiB) for network filesystems; default 1MiB",
     )
-    how.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    add_force(how)
     how.add_argument("--dry-run", action="store_true", help="print the selection, merge nothing")
     how.add_argument("--no-progress", action="store_true", help="no progress bar")
     how.add_argument(

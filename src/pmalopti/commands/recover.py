@@ -5,12 +5,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from pmalopti.commands._common import add_force, add_merge_method, add_output
+
 HELP = "recover from a loss spike: merge the N checkpoints before it (PMA-init) and resume"
 
 
 def register(subparsers) -> None:
-    from pmalopti.commands.merge import add_merge_method_args
-
     p = subparsers.add_parser(
         "recover",
         help=HELP,
@@ -32,8 +32,8 @@ def register(subparsers) -> None:
         help="merge the N newest checkpoints before the spike (steps <= S-2: checkpoint S-1 "
         "holds the weights that produced the spiking loss)",
     )
-    p.add_argument("-o", "--output", required=True, metavar="OUT", help="merged checkpoint folder")
-    add_merge_method_args(p, weights=False)
+    add_output(p, required=True, force=False, help="merged checkpoint folder")
+    add_merge_method(p)
     p.add_argument(
         "--factor",
         type=float,
@@ -72,7 +72,7 @@ def register(subparsers) -> None:
         metavar="KEY=VALUE",
         help="--resume: override a field of RUN/config.yaml, e.g. train.steps=800",
     )
-    p.add_argument("--force", action="store_true", help="overwrite OUT (and the resume folder)")
+    add_force(p)
     p.set_defaults(func=run)
 
 

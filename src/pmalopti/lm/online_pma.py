@@ -13,6 +13,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+from pmalopti.config import bounded
 from pmalopti.pma.spec import MergeSpec
 
 SAVE_DIR = "online_pma"
@@ -24,23 +25,18 @@ class OnlinePMAConfig:
     """average the weights while training and evaluate every merge (RUN/online_pma.jsonl)"""
     methods: list[str] = dataclasses.field(default_factory=lambda: ["sma"])
     """merge methods: sma, wma, ema:<alpha>"""
-    n: int = 5
+    n: int = bounded(5, ge=1)
     """N, snapshots per merge (the paper uses 10)"""
-    interval: int = 0
+    interval: int = bounded(0, ge=0)
     """V, steps between two snapshots of one merge; 0 = train.save_every (the saved checkpoints)"""
-    every: int = 0
+    every: int = bounded(0, ge=0)
     """steps between merge points; 0 = interval (a merge at every snapshot once a window fills)"""
-    start_step: int = -1
+    start_step: int = bounded(-1, ge=-1)
     """no snapshot before this step; -1 = schedule.warmup_steps (windows stay out of the warmup)"""
     save_steps: list[int] = dataclasses.field(default_factory=list)
     """merge points whose merges are written as HF folders RUN/online_pma/<method>-step<S>"""
 
     def __post_init__(self):
-        if self.n < 1 or self.interval < 0 or self.every < 0 or self.start_step < -1:
-            raise ValueError(
-                "online_pma.n must be >= 1, online_pma.interval and online_pma.every >= 0 "
-                "(0 = default), online_pma.start_step >= -1 (-1 = the warmup's end)"
-            )
         if not self.methods:
             raise ValueError("online_pma.methods must name at least one method")
         for m in self.methods:
