@@ -10,9 +10,10 @@ Pre-training frameworks save `torch.distributed.checkpoint` folders (`.metadata`
 | `megatron`   | `<save>/iter_<NNNNNNN>/` (`--ckpt-format torch_dist`) | itself          | all but `optimizer.*` and `rng_state*` |
 | `accelerate` | `checkpoint-<N>/` (or its `pytorch_model_fsdp_0/`) | `pytorch_model_fsdp_0/` | `model.*` (the optimizer is in `optimizer_0/`) |
 
-The step comes from the folder name (`step-N`, `stepN`, `iter_N`, `checkpoint-N`). A DCP folder
-with another name is the generic layout `dcp`: its model keys are `model.*` when any key starts
-with `model.`, else every key outside the non-model roots above. `--model-prefix` overrides the
+The step comes from the folder name (`step-N`, `stepN`, `iter_N`, `checkpoint-N`, and `pma-N` for
+the online callback's merges). A DCP folder with another name is the generic layout `dcp`: its
+model keys are every key outside the roots `optimizer`, `optim`, `lr_scheduler`, `scheduler`,
+`dataloader`, `data_loader`, `train_state`, `rng_state`. `--model-prefix` overrides the
 rule for any layout. Tensors outside the model (optimizer moments, schedulers, data loaders, step
 counters) are never averaged: see `pmalopti.pma.dcp_merge`.
 """
@@ -42,6 +43,7 @@ _NAMES: tuple[tuple[re.Pattern[str], Layout], ...] = (
     (re.compile(r"^step(\d+)$"), Layout.OLMO_CORE),
     (re.compile(r"^iter_(\d+)$"), Layout.MEGATRON),
     (re.compile(r"^checkpoint-(\d+)$"), Layout.ACCELERATE),
+    (re.compile(r"^pma-(\d+)$"), Layout.DCP),  # PMACallback(save_format="dcp")
 )
 # Sub-folders that hold the DCP folder of a checkpoint.
 _SUBDIRS = {"model_and_optim": Layout.OLMO_CORE, "pytorch_model_fsdp_0": Layout.ACCELERATE}
@@ -154,8 +156,6 @@ def model_key_rule(
         prefixes = tuple(model_prefix)
         return (lambda k: k.startswith(prefixes)), f"keys starting with {' or '.join(prefixes)}"
     prefix = _MODEL_PREFIX.get(layout)
-    if prefix is None and layout == Layout.DCP and any(k.startswith("model.") for k in keys):
-        prefix = "model."
     if prefix is not None:
         return (lambda k: k.startswith(prefix)), f"keys starting with {prefix!r} ({layout})"
     roots = _NON_MODEL_ROOTS[layout]
