@@ -12,9 +12,9 @@ from safetensors.torch import load_file
 
 from pmalopti.cli import main
 from pmalopti.config import load_config
-from pmalopti.lm.loop import read_metrics
 from pmalopti.lm.pretrain import PretrainConfig, pretrain
 from pmalopti.lm.recover import checkpoints_before, find_spike, spike_from_log
+from pmalopti.runtime.runlog import read_metrics
 
 TINY = [
     "model.hidden_size=32",

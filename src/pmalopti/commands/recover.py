@@ -74,9 +74,9 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from pmalopti.lm.loop import Interrupted
     from pmalopti.lm.recover import merge_before_spike, resume_from_merge
     from pmalopti.pma.weights import merge_weights
+    from pmalopti.runtime.stop import Interrupted
 
     name, _, alpha = args.method.partition(":")
     merge_weights(name, 1, float(alpha) if alpha else None)  # validate before any work

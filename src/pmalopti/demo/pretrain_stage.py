@@ -91,7 +91,7 @@ class OnlinePMA:
             avg.step(0)  # the starting weights, in case a window begins at step 0
 
     def __call__(self, step: int, record: dict) -> None:
-        from pmalopti.lm.loop import evaluate_batches
+        from pmalopti.lm.loss import evaluate_batches
 
         device = next(self.model.parameters()).device
         for m, avg in self.averagers.items():
@@ -172,8 +172,8 @@ def write_pma_init(cfg: DemoConfig, stage: dict, out: Path) -> dict:
     """Merge the N checkpoints ending at the last stable step into `out/pma-init` (a HF folder)
     with the streaming offline merge, and compare it with the online averager's merge there."""
     from pmalopti.lm.evaluate import method_weights
-    from pmalopti.lm.loop import list_checkpoints
     from pmalopti.pma import merge_checkpoints
+    from pmalopti.runtime.checkpoint import list_checkpoints
 
     p = cfg.pretrain
     run_dir = Path(stage["run"])

@@ -104,13 +104,15 @@ def run_demo(
     from pmalopti.demo.finetune_stage import run_grpo, run_sft
     from pmalopti.demo.pretrain_stage import run_pretrain, write_pma_init
     from pmalopti.demo.writeup import console_summary, report_markdown
-    from pmalopti.lm.loop import read_metrics
+    from pmalopti.runtime.device import torch_threads
+    from pmalopti.runtime.runlog import read_metrics
 
     out = prepare_output(Path(out), force=force)
     save_config(cfg, out / "demo_config.yaml")
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
-    with _log_to(out / "demo.log"):
+    # Torch threads from the cores this process may use (runtime.device.auto_threads).
+    with _log_to(out / "demo.log"), torch_threads():
         _banner("1/3 pre-training with online PMA")
         t = time.perf_counter()
         pre = run_pretrain(cfg, out)

@@ -8,8 +8,12 @@ holds the paper's K&K settings (arXiv 2505.12929 §5.1).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import field
 from typing import Any, Literal
+
+from pmalopti.runtime.device import MAX_THREADS, Device, Precision, canonical_precision
+from pmalopti.runtime.runlog import ReportTo
 
 Agg = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
 
@@ -58,11 +62,12 @@ class ModelConfig:
     """load the policy's weights from this folder instead (PMA-init: a merged checkpoint)"""
     param_dtype: Literal["float32", "bfloat16"] = "float32"
     """dtype of the trained weights (float32 keeps lr 1e-6 updates from rounding away)"""
-    autocast: Literal["none", "bfloat16"] = "none"
-    """mixed-precision compute for forward passes (bfloat16 on GPUs)"""
+    autocast: Precision = "float32"
+    """compute precision of forward passes: auto (bf16 autocast on CUDA), float32 or bfloat16
+    (none = float32)"""
     ref_dtype: Literal["float32", "bfloat16"] = "float32"
     """dtype of the frozen reference model (built only when algo.kl_coef > 0)"""
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Device = "auto"
     """where to train; auto picks cuda when available"""
     gradient_checkpointing: bool = False
     """recompute activations in the backward pass (saves memory on real models)"""
@@ -70,6 +75,9 @@ class ModelConfig:
     """passed to from_pretrained (e.g. sdpa, flash_attention_2); null keeps the default"""
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
     """the tiny model built when path is null"""
+
+    def __post_init__(self):
+        self.autocast = canonical_precision(self.autocast)  # type: ignore[assignment]
 
 
 @dataclasses.dataclass
@@ -189,7 +197,10 @@ class OptimConfig:
     """linear LR warm-up, in optimizer steps"""
 
     def __post_init__(self):
-        _check(self.lr > 0, f"optim.lr must be > 0, got {self.lr}")
+        _check(
+            math.isfinite(self.lr) and self.lr > 0,
+            f"optim.lr must be finite and > 0, got {self.lr}",
+        )
         _check(self.weight_decay >= 0, "optim.weight_decay must be >= 0")
         _check(all(0 <= b < 1 for b in self.betas), "optim.betas must be in [0, 1)")
         _check(self.max_grad_norm is None or self.max_grad_norm > 0, "optim.max_grad_norm > 0")
@@ -214,13 +225,20 @@ class TrainConfig:
     """print a few completions every N steps (0: never)"""
     entropy: bool = True
     """log the policy entropy (one extra softmax over the vocabulary per token)"""
+    report_to: ReportTo = "none"
+    """mirror metrics.jsonl to TensorBoard (RUN/tb) or Weights & Biases"""
     tensorboard: bool = False
-    """also write TensorBoard event files"""
+    """old spelling of report_to: tensorboard"""
+    threads: int = 0
+    """CPU threads for torch (0 = auto: $PMALOPTI_THREADS, else one fewer than the usable cores)"""
     progress: bool = True
     """progress bar on stderr"""
 
     def __post_init__(self):
         _check(self.steps >= 1, "train.steps must be >= 1")
+        _check(0 <= self.threads <= MAX_THREADS, f"train.threads must be in [0, {MAX_THREADS}]")
+        if self.tensorboard:
+            self.report_to, self.tensorboard = "tensorboard", False
         for name in ("eval_every", "save_every", "keep_checkpoints", "diag_every", "sample_every"):
             _check(getattr(self, name) >= 0, f"train.{name} must be >= 0")
 
@@ -230,7 +248,7 @@ class GRPOConfig:
     """`pmalopti grpo`: GRPO with Advantage Reweighting and Lopti (arXiv 2505.12929)."""
 
     output_dir: str = "runs/grpo-tiny"
-    """run folder: config.yaml, log.jsonl, checkpoint-<step>/ (and init/ for a tiny model)"""
+    """run folder: config.yaml, metrics.jsonl, checkpoint-<step>/ (and init/ for a tiny model)"""
     seed: int = 0
     """seed of model init, data order and sampling"""
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -17,7 +17,8 @@ import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
-from pmalopti.lm.loop import list_checkpoints, read_metrics
+from pmalopti.runtime.checkpoint import list_checkpoints, load_state
+from pmalopti.runtime.runlog import read_metrics
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +203,6 @@ def resume_from_merge(
     import json
 
     from pmalopti.config import load_config
-    from pmalopti.lm.loop import load_training_state
     from pmalopti.lm.pretrain import PretrainConfig, continue_run
 
     run_dir = Path(run_dir)
@@ -211,7 +211,7 @@ def resume_from_merge(
     state = json.loads((newest / "trainer_state.json").read_text(encoding="utf-8"))
     opt_state = None
     if optimizer == "newest":
-        opt_state = load_training_state(newest)["optimizer"]
+        opt_state = load_state(newest)["optimizer"]
     elif optimizer != "fresh":
         raise ValueError(f"--optimizer {optimizer!r}: choose fresh or newest")
     return continue_run(

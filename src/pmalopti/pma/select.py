@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-log = logging.getLogger(__name__)
+from pmalopti.runtime.checkpoint import CHECKPOINT_DIR as STEP_DIR
 
-STEP_DIR = re.compile(r"^(?:checkpoint-|step)(\d+)$")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
