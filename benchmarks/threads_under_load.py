@@ -1,5 +1,4 @@
-"""A short `pmalopti pretrain` run, quiet and beside one other CPU-bound process (issue 12's goal:
-loaded within 2x of quiet).
+"""Training speed quiet vs. beside one other CPU-bound process (goal: loaded within 2x of quiet).
 
 Each run is a fresh `pmalopti pretrain` subprocess (the demo's full-size model shape, a few dozen
 steps, no report) pinned to the same `--cores` as the busy process (a pure-Python spin loop), so

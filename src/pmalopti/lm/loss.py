@@ -1,5 +1,7 @@
-"""The language-model loss: next-token cross-entropy summed over target tokens, and its mean
-over validation batches."""
+"""The language-model loss: summed next-token cross-entropy, and its token-mean on validation.
+
+Positions labelled IGNORE (-100) are not targets (SFT prompts, padding).
+"""
 
 from __future__ import annotations
 

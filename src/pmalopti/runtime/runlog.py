@@ -1,5 +1,7 @@
-"""A run's metrics: `RUN/metrics.jsonl` (one JSON object per logged step), optionally mirrored to
-TensorBoard (`RUN/tb/`) or Weights & Biases (`report_to: wandb`, an optional dependency).
+"""A run's metrics: `RUN/metrics.jsonl`, optionally mirrored to TensorBoard or Weights & Biases.
+
+One JSON object per logged step; `report_to: tensorboard` writes `RUN/tb/`, `report_to: wandb`
+logs to W&B (an optional dependency, imported only then).
 """
 
 from __future__ import annotations
