@@ -12,10 +12,9 @@ import math
 from dataclasses import field
 from typing import Any, Literal
 
+from pmalopti.rl.loss import AGG_MODES, Agg
 from pmalopti.runtime.device import MAX_THREADS, Device, Precision, canonical_precision
 from pmalopti.runtime.runlog import ReportTo
-
-Agg = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -148,7 +147,12 @@ class AlgoConfig:
     kl_coef: float = 0.0
     """β of the k3 KL to the frozen reference (paper: 1e-3); 0 never builds the reference"""
     agg: Agg = "token-mean"
-    """loss aggregation over the minibatch"""
+    """loss aggregation: token-mean over the minibatch (verl 0.9.1); micro-token-mean, the token-mean
+    of each micro-batch ÷ the accumulation steps (the paper authors' code; depends on
+    micro_batch_size); seq-mean-token-mean (TRL grpo); seq-mean-token-sum-norm (Dr. GRPO)"""
+    kl_log_ratio_clamp: Literal[5, 20] = 20
+    """bound b of the clamp of logπ_ref − logπ to [−b, b] inside the k3 KL: 20 as verl 0.9.1,
+    5 as the paper authors' code"""
     ppo_epochs: int = 1
     """sweeps over the rollout batch per pass"""
     minibatch_size: int = 64
@@ -167,6 +171,11 @@ class AlgoConfig:
         _check(self.clip_high >= 0, "algo.clip_high must be >= 0")
         _check(self.clip_c > 1, "algo.clip_c must be > 1")
         _check(self.kl_coef >= 0, "algo.kl_coef must be >= 0")
+        _check(self.agg in AGG_MODES, f"algo.agg: {self.agg!r} is not one of {list(AGG_MODES)}")
+        _check(
+            self.kl_log_ratio_clamp in (5, 20),
+            f"algo.kl_log_ratio_clamp must be 5 or 20, got {self.kl_log_ratio_clamp!r}",
+        )
         _check(self.ppo_epochs >= 1, "algo.ppo_epochs must be >= 1")
         _check(self.minibatch_size >= 1, "algo.minibatch_size must be >= 1")
         _check(self.micro_batch_size >= 1, "algo.micro_batch_size must be >= 1")

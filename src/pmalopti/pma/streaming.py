@@ -2,7 +2,7 @@
 
 Every tensor is cut into pieces of at most `chunk_bytes` of input. Worker threads each take a
 piece, read it from the N inputs (`pread` into a reused buffer) and accumulate the weighted sum
-in float32 (DESIGN.md "Merging"); the calling thread appends finished pieces, in order, to the
+in float32 (docs/design.md "Merging"); the calling thread appends finished pieces, in order, to the
 output shard. File reads, torch kernels and file writes release the GIL, so reading, summing
 and writing overlap, and memory is a few pieces per worker whatever N and the model size.
 All inputs are opened and checked (headers, names, shapes, dtypes, architectures) before
