@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
                             busy.wait()
                     times.setdefault(key, []).append(t)
                     print(f"repeat {r + 1}: {key:<30} {t:6.1f} s", file=sys.stderr)
-    from pmalopti.runtime.device import auto_threads
+    from pmalopti.runtime.threads import auto_threads
 
     os.sched_setaffinity(0, cores)
     rows = {k: {"median_s": statistics.median(v), "runs_s": v} for k, v in times.items()}

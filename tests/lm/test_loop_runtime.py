@@ -58,7 +58,7 @@ def test_resume_skips_a_corrupt_newest_checkpoint_cleans_stale_tmp_and_stays_exa
     weights = cut / "checkpoint-4" / "model.safetensors"
     os.truncate(weights, weights.stat().st_size // 2)  # a write killed half-way
     (cut / ".tmp-checkpoint-6-x1y2").mkdir()
-    assert main(["pretrain", "-o", str(cut), "--resume", "--set", "report.enabled=false"]) == 0
+    assert main(["pretrain", "-o", str(cut), "--resume"]) == 0
     assert "checkpoint-4 is unreadable" in caplog.text
     assert not (cut / ".tmp-checkpoint-6-x1y2").exists()
     full, resumed = read_metrics(run), read_metrics(cut)

@@ -175,6 +175,7 @@ def test_missing_inputs_and_existing_outputs_are_errors(tmp_path, capsys):
     assert main(["merge", str(tmp_path / "nope"), "-o", str(tmp_path / "o")]) == 2
     assert "does not exist" in capsys.readouterr().err
     (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "notes.txt").write_text("mine")
     assert main(["merge", "--run-dir", str(run), "-o", str(tmp_path / "o")]) == 2
     assert "already exists (use --force" in capsys.readouterr().err
     assert main(["merge", "--run-dir", str(run), "--dry-run"]) == 0

@@ -66,10 +66,10 @@ def run_example(out: Path, *, force: bool) -> int:
     from pmalopti.pma.select import discover_checkpoints, format_table, select_checkpoints
     from pmalopti.pma.streaming import merge_checkpoints
     from pmalopti.pma.weights import merge_weights
-    from pmalopti.runtime.device import torch_threads
     from pmalopti.runtime.fs import atomic_dir
     from pmalopti.runtime.hf import load_model, load_tokenizer, quiet_transformers
     from pmalopti.runtime.runlog import read_metrics
+    from pmalopti.runtime.threads import torch_threads
 
     t0 = time.perf_counter()
     out = out.resolve()

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from pmalopti.commands._common import add_force, add_merge_method, add_output
+
 HELP = "average checkpoints along a training run (PMA: SMA, EMA, WMA) into one HF model"
 
 EXAMPLES = """examples:
@@ -31,7 +33,7 @@ def register(subparsers) -> None:
         metavar="CKPT",
         help="model folders or .safetensors files, oldest first",
     )
-    p.add_argument("-o", "--output", metavar="OUT", help="output model folder")
+    add_output(p, force=False, help="output model folder")
     sel = p.add_argument_group("selecting checkpoints from a run folder")
     sel.add_argument(
         "--run-dir", metavar="RUN", help="folder of checkpoint-<step> or step<N> sub-folders"
@@ -55,12 +57,7 @@ def register(subparsers) -> None:
         "--until", type=int, metavar="STEP", help="only checkpoints at or before STEP (loss spike)"
     )
     how = p.add_argument_group("weights and output")
-    how.add_argument(
-        "--method",
-        choices=("sma", "ema", "wma"),
-        help="sma: equal weights (default); wma: weight i/sum; ema: recursion with --alpha",
-    )
-    how.add_argument("--alpha", type=float, help="EMA weight of the newest, in (0, 1] (paper 0.2)")
+    add_merge_method(how, default=None)
     how.add_argument(
         "--weights", metavar="W1,W2,...", help="explicit weights, oldest first (normalised)"
     )
@@ -72,7 +69,7 @@ def register(subparsers) -> None:
     how.add_argument(
         "--shard-size", default="5GB", metavar="SIZE", help="max shard size (default 5GB)"
     )
-    how.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    add_force(how)
     how.add_argument("--dry-run", action="store_true", help="print the selection, merge nothing")
     how.add_argument("--no-progress", action="store_true", help="no progress bar")
     how.add_argument(

@@ -37,10 +37,11 @@ from pmalopti.runtime.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from pmalopti.runtime.device import autocast, clock, torch_threads
+from pmalopti.runtime.device import autocast, clock
 from pmalopti.runtime.hf import load_weights
 from pmalopti.runtime.runlog import RunLog
 from pmalopti.runtime.stop import StopOnSigint, check_finite, check_finite_weights
+from pmalopti.runtime.threads import torch_threads
 
 log = logging.getLogger(__name__)
 

@@ -33,10 +33,11 @@ from pmalopti.runtime.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from pmalopti.runtime.device import resolve_device, torch_threads
+from pmalopti.runtime.device import resolve_device
 from pmalopti.runtime.hf import load_weights
 from pmalopti.runtime.runlog import RunLog
 from pmalopti.runtime.stop import Interrupted, StopOnSigint, check_finite, check_finite_weights
+from pmalopti.runtime.threads import torch_threads
 
 log = logging.getLogger(__name__)
 

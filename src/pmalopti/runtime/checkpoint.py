@@ -6,8 +6,8 @@ HF Trainer writes it, so `pmalopti merge` reads steps and tokens from it) and `t
 (what resuming needs: `step`, `tokens`, `optimizer`, `rng`, and whatever else the trainer keeps,
 tensors and plain containers only, read back with `torch.load(weights_only=True)`).
 
-Writes are atomic and durable: the folder is written under a hidden `.tmp-*` name, every file is
-fsync'd, then it is renamed into place. `.tmp-*` folders left by a killed run are removed by the
+Writes are atomic and durable (`runtime.fs.atomic_dir`): the folder is written under a hidden
+`.tmp-*` name, every file is fsync'd and given umask modes, then it is renamed into place. `.tmp-*` folders left by a killed run are removed by the
 next run (`clean_stale`). Resuming takes the newest checkpoint that reads back completely
 (`resume_checkpoint`) and warns about any newer one it skips.
 """
@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from pmalopti.runtime.fs import atomic_dir, atomic_write_json, follow_umask, fsync_dir, fsync_tree
+from pmalopti.runtime.fs import atomic_dir, atomic_write_json, is_ours, write_marker
 from pmalopti.runtime.hf import save_pretrained
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,9 @@ def save_checkpoint(
     `log_entry` becomes `trainer_state.json`'s `log_history`; `info` adds readable keys there.
     """
     path = checkpoint_path(run_dir, step)
-    with atomic_dir(path, force=True) as tmp:
+    if path.is_dir() and not is_ours(path) and state_file(path) is not None:
+        write_marker(path, "checkpoint")  # this run's own, written before folders were marked
+    with atomic_dir(path, force=True, kind="checkpoint") as tmp:
         save_pretrained(tmp, model, tokenizer)
         torch.save({**state, "step": step, "tokens": tokens}, tmp / STATE_FILE)
         readable = {
@@ -108,9 +110,6 @@ def save_checkpoint(
             **(info or {}),
         }
         atomic_write_json(tmp / TRAINER_STATE, readable)
-        follow_umask(tmp)
-        fsync_tree(tmp)
-    fsync_dir(path.parent)
     if keep:
         for _, old in list_checkpoints(run_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)

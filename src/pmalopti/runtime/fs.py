@@ -1,111 +1,396 @@
-"""Atomic output: write into a temporary sibling, rename into place when complete.
+"""Output folders: atomic writes, the `--force` rule, fsync, and modes that follow the umask.
 
-A crash, Ctrl-C or a full disk leaves at most a hidden `.tmp-*` folder, never a folder that
-looks finished. Inputs are never touched.
+Every folder pmalopti creates (a merge, a checkpoint, a run, a demo) holds a marker file,
+`MARKER`. `--force` means one thing everywhere: it replaces a folder only if that marker says
+pmalopti wrote it, and never `.`, an ancestor of the working folder, the home folder, or a
+folder that is (or holds, or sits inside) an input. Everything else is refused with one line.
+
+`atomic_dir` writes into a temporary sibling and renames it into place when complete, so a
+crash, Ctrl-C or a full disk leaves at most a hidden `.tmp-*` folder, never a folder that looks
+finished. The final rename refuses an output that appeared (or was replaced) meanwhile: of two
+concurrent writers one wins and the other fails clearly, and nothing is deleted that the writer
+did not create. Files and folders are fsync'd before the rename; modes follow the umask as a
+plain `mkdir`/`open` would (0755 / 0644 under umask 022), including files written by libraries
+that choose 0600 (transformers' `save_pretrained`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import json
 import os
+import secrets
 import shutil
-import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from pmalopti.errors import OutputError
 
-def check_output_dir(out: Path, *, force: bool, inputs: list[Path] = ()) -> None:  # type: ignore[assignment]
-    """Refuse an existing output (unless `force`) and an output inside or equal to an input."""
-    out = Path(out).resolve()
-    for src in inputs:
-        src = Path(src).resolve()
-        src_dir = src if src.is_dir() else src.parent
-        if out in (src, src_dir) or src in out.parents or (src.is_dir() and out in src.parents):
-            raise ValueError(f"output {out} is inside (or is) input {src}; choose another folder")
-    if out.exists() and not force:
-        raise FileExistsError(f"output {out} already exists (use --force to replace it)")
-
-
-@contextlib.contextmanager
-def atomic_dir(out: Path, *, force: bool = False) -> Iterator[Path]:
-    """Yield a temporary folder beside `out`; on success rename it to `out`.
-
-    On any exception the temporary folder is removed and `out` is left as it was.
-    """
-    out = Path(out).resolve()
-    if out.exists() and not force:
-        raise FileExistsError(f"output {out} already exists (use --force to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}-", dir=out.parent))
-    try:
-        yield tmp
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".old-{out.name}-", dir=out.parent))
-            os.replace(out, old / out.name)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a text file atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; a plain open() would not
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+MARKER = ".pmalopti.json"
+"""Name of the file that marks a folder as written by pmalopti (what `--force` may replace)."""
 
 
 def current_umask() -> int:
-    """The process umask (read by setting and restoring it)."""
+    """The process umask, read without changing it where the OS allows (Linux /proc)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
 
 
-def follow_umask(root: Path) -> None:
-    """Give files under `root` the mode a plain `open()` would (0666 & ~umask; folders 0777 &
-    ~umask). transformers writes `model.safetensors` 0600 through a temporary file."""
+def follow_umask(path: str | Path) -> None:
+    """Give `path` (a file, or a folder and everything under it) the modes a plain `mkdir` /
+    `open` would: 0o777 / 0o666 minus the umask. Symlinks are left alone.
+
+    Call it on a folder written by a library that picks its own modes, e.g. transformers'
+    `save_pretrained`, which leaves `model.safetensors` at 0600.
+    """
     mask = current_umask()
-    root = Path(root)
-    for p in [root, *root.rglob("*")]:
-        if not p.is_symlink():
-            os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
+    path = Path(path)
+    if path.is_symlink():
+        return
+    if not path.is_dir():
+        os.chmod(path, 0o666 & ~mask)
+        return
+    for root, dirs, files in os.walk(path):
+        os.chmod(root, 0o777 & ~mask)
+        for name in files:
+            p = os.path.join(root, name)
+            if not os.path.islink(p):
+                os.chmod(p, 0o666 & ~mask)
+        dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(root, d))]
 
 
-def fsync_tree(root: Path) -> None:
-    """Flush every file and folder under `root` to disk (before an atomic rename makes it final)."""
-    root = Path(root)
-    for p in sorted(root.rglob("*"), key=lambda q: len(q.parts), reverse=True):
-        if p.is_file() and not p.is_symlink():
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())
-        elif p.is_dir():
-            fsync_dir(p)
-    fsync_dir(root)
-
-
-def fsync_dir(path: Path) -> None:
+def fsync_dir(path: str | Path) -> None:
     """Flush a folder's entries (a rename into it is durable only after this)."""
-    fd = os.open(path, os.O_RDONLY)
+    _fsync_path(path, directory=True)
+
+
+def _fsync_path(path: str | Path, *, directory: bool = False) -> None:
+    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        if directory:  # some platforms cannot open folders; the data files were synced
+            return
+        raise
     try:
         os.fsync(fd)
+    except OSError:
+        if not directory:
+            raise
     finally:
         os.close(fd)
+
+
+def fsync_tree(path: str | Path) -> None:
+    """fsync every file and folder under `path` (and `path` itself)."""
+    for root, dirs, files in os.walk(path):
+        for name in files:
+            p = os.path.join(root, name)
+            if not os.path.islink(p):
+                _fsync_path(p)
+        dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(root, d))]
+        fsync_dir(root)
+
+
+def write_marker(folder: str | Path, kind: str) -> None:
+    """Mark `folder` as written by pmalopti (`kind`: merge, checkpoint, run, demo, ...)."""
+    from pmalopti import __version__
+
+    atomic_write_json(
+        Path(folder) / MARKER, {"written_by": "pmalopti", "version": __version__, "kind": kind}
+    )
+
+
+def is_ours(folder: str | Path) -> bool:
+    """True if `folder` holds pmalopti's marker (a regular file naming pmalopti)."""
+    f = Path(folder) / MARKER
+    try:
+        if f.is_symlink() or not f.is_file() or f.stat().st_size > 4096:
+            return False
+        return json.loads(f.read_text(encoding="utf-8")).get("written_by") == "pmalopti"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _protected(out: Path) -> str | None:
+    """Why `out` (resolved) may never be an output, or None."""
+    cwd = Path.cwd().resolve()
+    if out == cwd:
+        return "is the working folder"
+    if out in cwd.parents:
+        return "is a parent of the working folder"
+    with contextlib.suppress(RuntimeError, KeyError):
+        if out == Path.home().resolve():
+            return "is the home folder"
+    return None
+
+
+def _input_clash(out: Path, inputs: Iterable[str | Path]) -> str | None:
+    for src in inputs:
+        if src is None or str(src) == "":
+            continue
+        src = Path(src).resolve()
+        if out == src or src in out.parents:
+            return f"is (or is inside) input {src}"
+        if out in src.parents:
+            return f"holds input {src}"
+    return None
+
+
+def check_output_dir(
+    out: str | Path, *, force: bool, inputs: Iterable[str | Path] = (), flag: str = "output"
+) -> Path:
+    """Check that `out` may be written as a new folder; return it resolved.
+
+    Refused, whatever `force`: `.`, a parent of the working folder, the home folder, an input, a
+    folder holding an input or inside one, an existing file. An existing non-empty folder is
+    refused unless `force`, and with `force` unless pmalopti's marker is in it.
+    """
+    path = Path(out)
+    resolved = path.resolve()
+    why = _protected(resolved) or _input_clash(resolved, inputs)
+    if why:
+        raise OutputError(f"{flag} {path} {why}; choose another folder")
+    if path.exists() or path.is_symlink():
+        if path.is_symlink() or not path.is_dir():
+            raise OutputError(f"{flag} {path} exists and is not a folder; choose another path")
+        if any(path.iterdir()):
+            if not force:
+                raise OutputError(f"{flag} {path} already exists (use --force to replace it)")
+            if not is_ours(path):
+                raise OutputError(
+                    f"{flag} {path} was not written by pmalopti (no {MARKER} in it); "
+                    "--force only replaces pmalopti's own outputs: remove it yourself or "
+                    "choose another folder"
+                )
+    return resolved
+
+
+def check_output_file(
+    out: str | Path, *, force: bool, inputs: Iterable[str | Path] = (), flag: str = "output"
+) -> Path:
+    """Check that the file `out` may be written: not a folder, not an input; an existing file
+    only with `force`."""
+    path = Path(out)
+    resolved = path.resolve()
+    for src in inputs:
+        if src is not None and Path(src).resolve() == resolved:
+            raise OutputError(f"{flag} {path} is an input; choose another file")
+    if path.is_dir():
+        raise OutputError(f"{flag} {path} is a folder; give a file name")
+    if path.exists() and not force:
+        raise OutputError(f"{flag} {path} already exists (use --force to replace it)")
+    return resolved
+
+
+def _libc_renameat2():
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_RENAMEAT2 = _libc_renameat2()
+_AT_FDCWD, _RENAME_NOREPLACE = -100, 1
+
+
+def rename_noreplace(src: str | Path, dst: str | Path) -> None:
+    """Rename `src` to `dst`, failing with FileExistsError if `dst` exists (even an empty folder).
+
+    Atomic on Linux (renameat2 RENAME_NOREPLACE); elsewhere a check then a rename.
+    """
+    if _RENAMEAT2 is not None:
+        rc = _RENAMEAT2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE)
+        if rc == 0:
+            return
+        err = ctypes.get_errno()
+        if err in (errno.EEXIST, errno.ENOTEMPTY):
+            raise FileExistsError(err, os.strerror(err), str(dst))
+        if err not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+            raise OSError(err, os.strerror(err), str(src), None, str(dst))
+    if os.path.lexists(dst):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(dst))
+    os.rename(src, dst)
+
+
+def make_temp_dir(parent: str | Path, prefix: str) -> Path:
+    """A new, empty folder `parent/<prefix><random>` whose mode follows the umask (mkdtemp's is
+    always 0700)."""
+    parent = Path(parent)
+    for _ in range(100):
+        path = parent / f"{prefix}{secrets.token_hex(4)}"
+        try:
+            os.mkdir(path)  # mode 0o777 minus the umask
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(f"could not create a temporary folder in {parent}")
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+@contextlib.contextmanager
+def atomic_dir(
+    out: str | Path,
+    *,
+    force: bool = False,
+    inputs: Iterable[str | Path] = (),
+    kind: str = "output",
+    flag: str = "output",
+) -> Iterator[Path]:
+    """Yield a temporary folder beside `out`; when the block ends without an error, fsync it,
+    set modes from the umask, and rename it to `out`.
+
+    `out` is checked first (`check_output_dir`). At the end the rename refuses an `out` that
+    appeared or was replaced meanwhile (another writer); with `force`, the `out` seen at the start
+    is moved aside, the new one renamed in, and the old one deleted. On any exception the
+    temporary folder is removed and `out` is left as it was. The marker (`kind`) is written first.
+    """
+    inputs = list(inputs)
+    out = check_output_dir(out, force=force, inputs=inputs, flag=flag)
+    seen = _identity(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = make_temp_dir(out.parent, f".tmp-{out.name}-")
+    try:
+        write_marker(tmp, kind)
+        yield tmp
+        follow_umask(tmp)
+        fsync_tree(tmp)
+        _commit(tmp, out, seen, force=force, inputs=inputs, flag=flag)
+        fsync_dir(out.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _commit(tmp: Path, out: Path, seen, *, force: bool, inputs: list, flag: str) -> None:
+    now = _identity(out)
+    if now is not None and now != seen:
+        raise OutputError(
+            f"{flag} {out} appeared while this command was writing it (another writer?); "
+            "nothing was replaced"
+        )
+    if now is None:
+        _rename_into_place(tmp, out, flag)
+        return
+    check_output_dir(out, force=force, inputs=inputs, flag=flag)  # it may have changed
+    if not any(out.iterdir()):
+        with contextlib.suppress(OSError):
+            os.rmdir(out)  # an empty folder: nothing to keep (fails if it just got content)
+        _rename_into_place(tmp, out, flag)
+        return
+    aside = make_temp_dir(out.parent, f".old-{out.name}-")
+    os.rename(out, aside / out.name)
+    try:
+        _rename_into_place(tmp, out, flag)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            rename_noreplace(aside / out.name, out)
+            os.rmdir(aside)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _rename_into_place(tmp: Path, out: Path, flag: str) -> None:
+    try:
+        rename_noreplace(tmp, out)
+    except FileExistsError:
+        raise OutputError(
+            f"{flag} {out} appeared while this command was writing it (another writer?); "
+            "nothing was replaced"
+        ) from None
+
+
+def prepare_run_dir(
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    inputs: Iterable[str | Path] = (),
+    kind: str = "run",
+    flag: str = "output",
+) -> Path:
+    """Make the folder of a run (training, demo) ready and marked; return it resolved.
+
+    `resume`: it must exist; nothing is removed. Otherwise a new or empty folder is used; an
+    existing non-empty one is refused unless `force`, and `force` (checked by `check_output_dir`)
+    starts from an empty folder: the old run is moved aside and deleted, checkpoints included.
+    """
+    path = Path(run_dir)
+    if resume:
+        resolved = path.resolve()
+        why = _protected(resolved) or _input_clash(resolved, inputs)
+        if why:
+            raise OutputError(f"{flag} {path} {why}; choose another folder")
+        if not path.is_dir():
+            raise OutputError(f"--resume: run folder {path} does not exist")
+        return resolved
+    try:
+        resolved = check_output_dir(path, force=force, inputs=inputs, flag=flag)
+    except OutputError as exc:
+        if force or "already exists" not in str(exc):
+            raise
+        raise OutputError(
+            f"{flag} {path} already exists; use --resume to continue it or --force to start over"
+        ) from None
+    if resolved.is_dir() and any(resolved.iterdir()):
+        aside = make_temp_dir(resolved.parent, f".old-{resolved.name}-")
+        os.rename(resolved, aside / resolved.name)
+        shutil.rmtree(aside, ignore_errors=True)
+    resolved.mkdir(parents=True, exist_ok=True)
+    write_marker(resolved, kind)
+    return resolved
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write a file atomically: a temporary file in the same folder, fsync'd, then renamed.
+    The mode follows the umask (0644 under umask 022)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        break
+    else:
+        raise FileExistsError(f"could not create a temporary file beside {path}")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write a text file (UTF-8) atomically; see `atomic_write_bytes`."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
