@@ -149,7 +149,7 @@ def test_explicit_paths_and_weights(tmp_path):
     ("extra", "message"),
     [
         (["--method", "ema", "--alpha", "1.5"], r"alpha must be in \(0, 1\]"),
-        (["--method", "ema"], "ema needs --alpha"),
+        (["--method", "ema"], "ema needs an alpha: --method ema --alpha A"),
         (["--alpha", "0.2"], "--alpha is only used by --method ema"),
         (["--weights", "1,-1"], "sum to zero"),
         (["--weights", "1,2,3"], "--weights has 3 values for 2 checkpoints"),

@@ -83,7 +83,7 @@ def run_example(out: Path, *, force: bool) -> int:
         for r in read_metrics(out / "run")
         if "val_loss" in r
     }
-    ckpts = select_checkpoints(discover_checkpoints(out / "run"), last=MERGE_LAST)
+    ckpts = select_checkpoints(discover_checkpoints(out / "run"), last=MERGE_LAST).checkpoints
     weights = merge_weights("sma", len(ckpts))
     n_params = sum(p.numel() for p in load_model(ckpts[-1].path).parameters())
     print(

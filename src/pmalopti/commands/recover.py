@@ -29,7 +29,8 @@ def register(subparsers) -> None:
         type=int,
         required=True,
         metavar="N",
-        help="merge the N newest checkpoints saved before the spike",
+        help="merge the N newest checkpoints before the spike (steps <= S-2: checkpoint S-1 "
+        "holds the weights that produced the spiking loss)",
     )
     add_output(p, required=True, force=False, help="merged checkpoint folder")
     add_merge_method(p)
@@ -76,12 +77,11 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from pmalopti.commands.merge import merge_spec_from_args
     from pmalopti.lm.recover import merge_before_spike, resume_from_merge
-    from pmalopti.pma.weights import merge_weights
     from pmalopti.runtime.stop import Interrupted
 
-    method = args.method + (f":{args.alpha:g}" if args.alpha is not None else "")
-    merge_weights(args.method, 1, args.alpha)  # validate before any work
+    spec = merge_spec_from_args(args)  # validated before any work
     rec = merge_before_spike(
         args.run_dir,
         args.output,
@@ -90,7 +90,7 @@ def run(args) -> int:
         after=args.after,
         factor=args.factor,
         window=args.window,
-        method=method,
+        method=spec,
         force=args.force,
     )
     if rec.spike is not None:
@@ -100,7 +100,9 @@ def run(args) -> int:
     listing = ", ".join(
         f"checkpoint-{s} ({w:.3f})" for (s, _), w in zip(rec.merged, rec.weights, strict=True)
     )
-    print(f"merged {len(rec.merged)} checkpoints with {method}: {listing} -> {rec.out}")
+    for note in rec.notes:
+        print(f"note: {note}")
+    print(f"merged {len(rec.merged)} checkpoints with {spec}: {listing} -> {rec.out}")
     if not args.resume:
         return 0
     resume_dir = Path(args.resume_dir or f"{rec.out}-resumed")

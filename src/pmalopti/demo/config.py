@@ -61,10 +61,10 @@ class DemoConfig:
     are set by the demo)"""
 
     def __post_init__(self):
-        from pmalopti.lm.evaluate import method_weights
+        from pmalopti.pma.spec import MergeSpec
 
         try:
-            method_weights(self.pma_method, 2)
+            MergeSpec.parse(self.pma_method)
         except ValueError as exc:
             raise ValueError(
                 f"pma_method: {self.pma_method!r}: {exc} (use sma, wma or ema:<alpha>)"

@@ -28,6 +28,7 @@ from pmalopti.lm.data import (
     tokenize_blocks,
 )
 from pmalopti.lm.loop import LoopResult, train
+from pmalopti.lm.online_pma import OnlinePMAConfig, online_pma_hook
 from pmalopti.runtime.checkpoint import list_checkpoints, resume_checkpoint
 from pmalopti.runtime.fs import atomic_write_text, prepare_run_dir
 from pmalopti.runtime.threads import torch_threads
@@ -108,12 +109,11 @@ class ReportConfig:
     """merge methods: sma, wma, ema:<alpha>"""
 
     def __post_init__(self):
-        from pmalopti.pma.weights import merge_weights
+        from pmalopti.pma.spec import MergeSpec
 
         for m in self.methods:
-            name, _, alpha = m.partition(":")
             try:
-                merge_weights(name, 2, float(alpha) if alpha else None)  # type: ignore[arg-type]
+                MergeSpec.parse(m)
             except ValueError as exc:
                 raise ValueError(
                     f"report.methods: {m!r}: {exc} (use sma, wma or ema:<alpha>)"
@@ -138,6 +138,8 @@ class PretrainConfig:
     """loop, checkpointing and logging"""
     report: ReportConfig = dataclasses.field(default_factory=ReportConfig)
     """PMA report at the end"""
+    online_pma: OnlinePMAConfig = dataclasses.field(default_factory=OnlinePMAConfig)
+    """PMA while training: running merges evaluated as they complete (docs/online-pma.md)"""
 
     def __post_init__(self):
         if self.schedule.warmup_steps + self.schedule.decay_steps > self.train.steps:
@@ -304,6 +306,8 @@ def train_run(
         lm_batch(val[i : i + cfg.train.batch_size])
         for i in range(0, val.size(0), cfg.train.batch_size)
     ]
+    if cfg.online_pma.enabled:
+        hooks = (*hooks, online_pma_hook(cfg, run_dir, model, val_batches, resume_from, start_step))
     result = train(
         model,
         tok,

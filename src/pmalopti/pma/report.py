@@ -11,15 +11,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pmalopti.pma.spec import MergeSpec
 from pmalopti.runtime.fs import atomic_write_json, atomic_write_text
-
-METHOD_LABELS = {"sma": "SMA", "wma": "WMA"}
 
 
 def method_label(method: str) -> str:
     """ "ema:0.2" -> "EMA α=0.2"; "sma" -> "SMA"."""
-    name, _, alpha = method.partition(":")
-    return f"EMA α={alpha}" if name == "ema" else METHOD_LABELS.get(name, name.upper())
+    return MergeSpec.parse(method).label
 
 
 def _fmt(v: Any, floatfmt: str) -> str:
