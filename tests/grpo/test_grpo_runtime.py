@@ -36,10 +36,10 @@ def test_resume_falls_back_from_a_corrupt_newest_checkpoint_and_continues_exactl
     assert _cli(out, "train.save_every=1", "train.keep_checkpoints=0") == 0
     want = read_metrics(out)
     (out / "checkpoint-2" / "training_state.pt").write_bytes(b"\x00" * 10)  # killed mid-write
-    (out / ".tmp-checkpoint-3-abcd").mkdir()
+    (out / _dead_writer_name(".tmp-checkpoint-6-")).mkdir()
     assert _cli(out, "train.save_every=1", "train.keep_checkpoints=0", resume=True) == 0
     assert "checkpoint-2 is unreadable" in caplog.text
-    assert not (out / ".tmp-checkpoint-3-abcd").exists()
+    assert not (out / _dead_writer_name(".tmp-checkpoint-6-")).exists()
     got = read_metrics(out)
     assert [r["step"] for r in got] == [1, 2]
     keys = ("reward/mean", "actor/loss", "actor/grad_norm", "eval/accuracy")
@@ -91,3 +91,11 @@ def test_old_grpo_runs_with_trainer_state_pt_and_log_jsonl_still_resume(tmp_path
     os.replace(out / "metrics.jsonl", out / "log.jsonl")
     assert _cli(out, "train.steps=3", resume=True) == 0
     assert [r["step"] for r in read_metrics(out)] == [1, 2, 3]
+
+
+def _dead_writer_name(prefix: str) -> str:
+    """A temporary name as a writer on this host whose process has ended would have left."""
+    from pmalopti.runtime._posix import temp_name
+
+    host = temp_name(prefix)[len(prefix) :].rsplit("-", 2)[0]
+    return f"{prefix}{host}-{2**22 + 4321}-deadbeef"

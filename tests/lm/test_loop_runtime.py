@@ -57,10 +57,10 @@ def test_resume_skips_a_corrupt_newest_checkpoint_cleans_stale_tmp_and_stays_exa
     shutil.rmtree(cut / "checkpoint-6")
     weights = cut / "checkpoint-4" / "model.safetensors"
     os.truncate(weights, weights.stat().st_size // 2)  # a write killed half-way
-    (cut / ".tmp-checkpoint-6-x1y2").mkdir()
+    (cut / _dead_writer_name(".tmp-checkpoint-6-")).mkdir()
     assert main(["pretrain", "-o", str(cut), "--resume"]) == 0
     assert "checkpoint-4 is unreadable" in caplog.text
-    assert not (cut / ".tmp-checkpoint-6-x1y2").exists()
+    assert not (cut / _dead_writer_name(".tmp-checkpoint-6-")).exists()
     full, resumed = read_metrics(run), read_metrics(cut)
     assert [r["step"] for r in resumed] == list(range(1, 7))
     for a, b in zip(full, resumed, strict=True):
@@ -111,3 +111,11 @@ def test_old_spellings_of_report_to_and_precision_are_accepted():
     assert cfg.train.report_to == "tensorboard" and cfg.train.tensorboard is False
     g = load_config(GRPOConfig, None, ["model.autocast=none", "train.tensorboard=true"])
     assert g.model.autocast == "float32" and g.train.report_to == "tensorboard"
+
+
+def _dead_writer_name(prefix: str) -> str:
+    """A temporary name as a writer on this host whose process has ended would have left."""
+    from pmalopti.runtime._posix import temp_name
+
+    host = temp_name(prefix)[len(prefix) :].rsplit("-", 2)[0]
+    return f"{prefix}{host}-{2**22 + 4321}-deadbeef"

@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from pmalopti.models.tiny import tiny_model_and_tokenizer
+from pmalopti.runtime._posix import temp_name
 from pmalopti.runtime.checkpoint import (
     CHECKPOINT_DIR,
     STATE_FILE,
     CorruptCheckpoint,
     checkpoint_step,
-    clean_stale,
     list_checkpoints,
     load_state,
     resume_checkpoint,
@@ -27,6 +27,12 @@ from pmalopti.runtime.checkpoint import (
 )
 from pmalopti.runtime.fs import current_umask
 from pmalopti.runtime.hf import load_weights
+
+
+def dead_writer_name(prefix: str) -> str:
+    """A temporary name as a writer on this host whose process has ended would have left."""
+    host_pid = temp_name(prefix)[len(prefix) :].rsplit("-", 2)[0]
+    return f"{prefix}{host_pid}-{2**22 + 4321}-deadbeef"
 
 
 @pytest.fixture(scope="module")
@@ -128,15 +134,16 @@ def test_resume_says_why_when_no_checkpoint_is_usable(small, tmp_path):
     assert resume_checkpoint(tmp_path) is None
 
 
-def test_stale_tmp_folders_of_a_killed_write_are_removed_and_nothing_else(tmp_path):
-    (tmp_path / ".tmp-checkpoint-4-abc").mkdir()
-    (tmp_path / ".tmp-checkpoint-4-abc" / "model.safetensors").write_bytes(b"half")
-    (tmp_path / ".old-checkpoint-2-xyz").mkdir()
-    (tmp_path / "checkpoint-2").mkdir()
-    (tmp_path / ".tmpfile").write_text("a user's file")
-    removed = clean_stale(tmp_path)
-    assert sorted(p.name for p in removed) == [".old-checkpoint-2-xyz", ".tmp-checkpoint-4-abc"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".tmpfile", "checkpoint-2"]
+def test_the_leftovers_of_a_killed_checkpoint_write_go_at_the_next_save(small, tmp_path):
+    model, tok = small
+    stale = tmp_path / dead_writer_name(".tmp-checkpoint-4-")
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"half")
+    live = tmp_path / temp_name(".tmp-checkpoint-9-")  # this (live) process's: left alone
+    live.mkdir()
+    _save(tmp_path, 5, model, tok)
+    assert not stale.exists() and live.is_dir()
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [5]
 
 
 def test_a_folder_without_its_state_file_is_not_listed(small, tmp_path):

@@ -31,13 +31,13 @@ from pmalopti.grpo.update import UpdateBatch, bucket_diagnostics, update_policy
 from pmalopti.lm.schedule import wsd_lr
 from pmalopti.rl import group_advantages, reweight_advantages
 from pmalopti.runtime.checkpoint import (
-    clean_stale,
     load_state,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
 from pmalopti.runtime.device import autocast, clock
+from pmalopti.runtime.fs import remove_stale
 from pmalopti.runtime.hf import load_weights
 from pmalopti.runtime.runlog import RunLog
 from pmalopti.runtime.stop import StopOnSigint, check_finite, check_finite_weights
@@ -345,7 +345,7 @@ class GRPOTrainer:
         records = []
         runlog = None
         if self.run_dir is not None:
-            clean_stale(self.run_dir)
+            remove_stale(self.run_dir)  # half-written checkpoints of a killed run
             runlog = RunLog(
                 self.run_dir,
                 t.report_to,

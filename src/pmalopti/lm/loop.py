@@ -27,13 +27,13 @@ from pmalopti.lm.configs import OptimConfig, ScheduleConfig, TrainConfig
 from pmalopti.lm.loss import Batch, batch_loss_sum, evaluate_batches, n_targets
 from pmalopti.lm.schedule import wsd_lr, wsd_phase
 from pmalopti.runtime.checkpoint import (
-    clean_stale,
     load_state,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
 from pmalopti.runtime.device import resolve_device
+from pmalopti.runtime.fs import remove_stale
 from pmalopti.runtime.hf import load_weights
 from pmalopti.runtime.runlog import RunLog
 from pmalopti.runtime.stop import Interrupted, StopOnSigint, check_finite, check_finite_weights
@@ -250,7 +250,7 @@ def _run(loop: TrainLoop, batches: Callable[[int], list[Batch]], *, resumed: boo
     total = cfg.steps
     runlog = None
     if loop.run_dir is not None:
-        clean_stale(loop.run_dir)
+        remove_stale(loop.run_dir)  # half-written checkpoints of a killed run
         runlog = RunLog(loop.run_dir, cfg.report_to, resume_step=loop.step if resumed else None)
     records: list[dict] = []
     bar = tqdm(total=total, initial=loop.step, disable=not cfg.progress, dynamic_ncols=True)

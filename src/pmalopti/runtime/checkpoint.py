@@ -7,8 +7,8 @@ HF Trainer writes it, so `pmalopti merge` reads steps and tokens from it) and `t
 tensors and plain containers only, read back with `torch.load(weights_only=True)`).
 
 Writes are atomic and durable (`runtime.fs.atomic_dir`): the folder is written under a hidden
-`.tmp-*` name, every file is fsync'd and given umask modes, then it is renamed into place. `.tmp-*` folders left by a killed run are removed by the
-next run (`clean_stale`). Resuming takes the newest checkpoint that reads back completely
+`.tmp-*` name, every file is fsync'd and given umask modes, then it is renamed into place; the
+leftovers of a killed write are removed by the next run (`runtime.fs.remove_stale`). Resuming takes the newest checkpoint that reads back completely
 (`resume_checkpoint`) and warns about any newer one it skips.
 """
 
@@ -114,22 +114,6 @@ def save_checkpoint(
         for _, old in list_checkpoints(run_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     return path
-
-
-def clean_stale(run_dir: str | Path) -> list[Path]:
-    """Remove the hidden `.tmp-*` / `.old-*` folders a killed run left in `run_dir`."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        return []
-    stale = [
-        p
-        for p in run_dir.iterdir()
-        if p.is_dir() and not p.is_symlink() and p.name.startswith((".tmp-", ".old-"))
-    ]
-    for p in stale:
-        shutil.rmtree(p, ignore_errors=True)
-        log.info("removed %s, left by an interrupted write", p)
-    return stale
 
 
 # --- read --------------------------------------------------------------------------------------
