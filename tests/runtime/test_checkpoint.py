@@ -98,6 +98,7 @@ def test_rng_state_restores_torch_python_and_named_generators():
 
 def test_folder_names_of_ours_and_olmo_give_their_step():
     assert checkpoint_step("checkpoint-12") == 12 and checkpoint_step("step40") == 40
+    assert checkpoint_step("iter_0000012") == 12 and checkpoint_step("step-7") == 7
     assert checkpoint_step("checkpoint-") is None and checkpoint_step("ckpt-3") is None
     assert CHECKPOINT_DIR.match("checkpoint-3")
 

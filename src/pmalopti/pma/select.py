@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pmalopti.pma.dcp_layout import step_from_name
 from pmalopti.runtime.checkpoint import CHECKPOINT_DIR as STEP_DIR
 
 
@@ -74,6 +75,8 @@ def describe(path: str | Path) -> Checkpoint:
     m = STEP_DIR.match(path.name)
     if step is None and m:
         step = int(m.group(1))
+    if step is None:  # a DCP sub-folder (OLMo-core model_and_optim/, pytorch_model_fsdp_0/)
+        step = step_from_name(path)
     return Checkpoint(path, step, tokens)
 
 

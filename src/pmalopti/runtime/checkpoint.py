@@ -30,8 +30,9 @@ from pmalopti.runtime.hf import save_pretrained
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_DIR = re.compile(r"^(?:checkpoint-|step)(\d+)$")
-"""Checkpoint folder names: ours (`checkpoint-<step>`, as HF Trainer) and `step<N>` (OLMo)."""
+CHECKPOINT_DIR = re.compile(r"^(?:checkpoint-|step-?|iter_)(\d+)$")
+"""Checkpoint folder names: ours and HF Trainer's `checkpoint-N`, OLMo-core `stepN`, torchtitan
+`step-N`, Megatron `iter_NNNNNNN` (`pmalopti merge` selects from all of them)."""
 STATE_FILE = "training_state.pt"
 LEGACY_STATE_FILES = ("trainer_state.pt",)  # GRPO runs written before the format was shared
 TRAINER_STATE = "trainer_state.json"
@@ -42,7 +43,7 @@ class CorruptCheckpoint(ValueError):
 
 
 def checkpoint_step(name: str) -> int | None:
-    """The step in a checkpoint folder name (`checkpoint-12`, `step12`), or None."""
+    """The step in a checkpoint folder name (`checkpoint-12`, `step12`, `iter_0000012`), or None."""
     m = CHECKPOINT_DIR.match(name)
     return int(m.group(1)) if m else None
 
