@@ -265,3 +265,51 @@ def readme_results() -> str:
         f"- The paper's accuracy gains do not reproduce at this scale. {acc}.",
     ]
     return "\n".join(lines)
+
+
+# --- DCP merge and online writes under FSDP2 (benchmarks/merge_dcp.py, online_write_fsdp2.py) --
+
+
+def merge_dcp_table() -> str:
+    r = load("benchmarks/results/merge_dcp.json")
+    rows = [
+        [name, f"{v['wall_s']:.2f}", f"{v['cpu_s']:.2f}", f"{v['peak_rss_gb']:.2f}"]
+        for name, v in r["rows"].items()
+    ]
+    n, gb = r["checkpoints"], r["gb_per_checkpoint"]
+    head = f"job ({n} DCP checkpoints of {gb:.2f} GB, {r['layout']})"
+    cmp = r["ours_vs_alternative"]
+    return (
+        _table([head, "wall (s)", "CPU (s)", "peak RSS (GB)"], rows)
+        + f"\n\nMeasured {r['date_utc']} on {r['machine']['cpus']} CPUs shared with other jobs "
+        f"(load average {r['load_average_before'][0]:.1f} before, "
+        f"{r['load_average_after'][0]:.1f} after: absolute times are inflated). The two merged "
+        f"checkpoints differ by at most {cmp['max_abs']:.2g} ({cmp['share_differ']:.2%} of "
+        "elements differ)."
+    )
+
+
+def online_write_table() -> str:
+    r = load("benchmarks/results/online_write_fsdp2.json")
+    names = {
+        "full": "`merged_state_dict(full=True)` + rank-0 HF write (before)",
+        "hf": "`save_merge_hf`: gathered to rank 0 one tensor at a time",
+        "dcp": "`save_merge_dcp`: every rank saves its shards",
+    }
+    rows = [
+        [
+            names[k],
+            f"{v['seconds']:.2f}",
+            f"{v['peak_above_gb'][0]:.3f}",
+            f"{v['peak_above_gb'][1]:.3f}",
+        ]
+        for k, v in r["ways"].items()
+    ]
+    head = (
+        f"writing the merge of a {r['parameters'] / 1e6:.0f}M-parameter FSDP2 model "
+        f"({r['model_gb_float32']:.2f} GB float32), {r['ranks']} gloo ranks"
+    )
+    return (
+        _table([head, "wall (s)", "rank 0 peak above (GB)", "rank 1 peak above (GB)"], rows)
+        + f"\n\nMeasured {r['date_utc']} (load average {r['load_average_before'][0]:.1f})."
+    )

@@ -20,7 +20,9 @@ counters) are never averaged: see `pmalopti.pma.dcp_merge`.
 
 from __future__ import annotations
 
+import fnmatch
 import re
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -56,6 +58,8 @@ _NON_MODEL_ROOTS = {
     ),
 }  # fmt: skip
 _MODEL_PREFIX = {Layout.OLMO_CORE: "model.", Layout.ACCELERATE: "model."}
+# Megatron cannot load a torch_dist folder without these two (args, iteration, versions).
+_MEGATRON_FILES = ("common.pt", "metadata.json")
 
 
 @dataclass(frozen=True)
@@ -149,7 +153,7 @@ def detect_all(paths: Sequence[str | Path]) -> list[DcpCheckpoint] | None:
 
 
 def model_key_rule(
-    layout: Layout, keys: Sequence[str], model_prefix: Sequence[str] | None = None
+    layout: Layout, model_prefix: Sequence[str] | None = None
 ) -> tuple[Callable[[str], bool], str]:
     """(is_model_key, the rule in words) for a layout, or for explicit prefixes."""
     if model_prefix:
@@ -164,3 +168,32 @@ def model_key_rule(
         return not any(k == r or k.startswith((r + ".", r + "/")) for r in roots)
 
     return is_model, f"keys outside {', '.join(roots)} ({layout})"
+
+
+def copy_side_files(newest: DcpCheckpoint, out: Path, *, keep_non_model: bool) -> list[str]:
+    """Files beside the DCP data the trainer needs: config/tokenizer always, Megatron's
+    `common.pt`/`metadata.json` always, and with `keep_non_model` everything else of the newest
+    checkpoint (OLMo-core `train/`, accelerate `optimizer_0/`, `scheduler.pt`, RNG states)."""
+    from pmalopti.pma.writer import COPY_PATTERNS  # config and tokenizer files (imports torch)
+
+    copied = []
+    for n in _MEGATRON_FILES:
+        if (newest.dcp_dir / n).is_file():
+            shutil.copy2(newest.dcp_dir / n, out / newest.subdir / n)
+            copied.append(str(Path(newest.subdir) / n))
+    if newest.dcp_dir == newest.path:
+        return copied
+    for entry in sorted(newest.path.iterdir()):
+        if entry == newest.dcp_dir or entry.name.startswith(
+            ("pytorch_model_fsdp_", ".", "pmalopti_")
+        ):
+            continue  # other DCP model folders, hidden files, pmalopti's own records
+        model_file = entry.is_file() and any(fnmatch.fnmatch(entry.name, p) for p in COPY_PATTERNS)
+        if not (model_file or keep_non_model):
+            continue
+        if entry.is_dir():
+            shutil.copytree(entry, out / entry.name)
+        else:
+            shutil.copy2(entry, out / entry.name)
+        copied.append(entry.name)
+    return copied
