@@ -283,9 +283,13 @@ def merge_dcp_table() -> str:
         _table([head, "wall (s)", "CPU (s)", "peak RSS (GB)"], rows)
         + f"\n\nMeasured {r['date_utc']} on {r['machine']['cpus']} CPUs shared with other jobs "
         f"(load average {r['load_average_before'][0]:.1f} before, "
-        f"{r['load_average_after'][0]:.1f} after: absolute times are inflated). The two merged "
-        f"checkpoints differ by at most {cmp['max_abs']:.2g} ({cmp['share_differ']:.2%} of "
-        "elements differ)."
+        f"{r['load_average_after'][0]:.1f} after: absolute times are inflated). "
+        + (
+            "The two merged checkpoints are identical, bit for bit."
+            if cmp["max_abs"] == 0
+            else f"The two merged checkpoints differ by at most {cmp['max_abs']:.2g} "
+            f"({cmp['share_differ']:.2%} of elements)."
+        )
     )
 
 

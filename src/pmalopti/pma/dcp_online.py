@@ -94,9 +94,9 @@ def gather_to_rank0(t: torch.Tensor, local: torch.Tensor) -> torch.Tensor | None
         if me != 0:
             dist.gather(pad, None, dst=dst, group=group)
             return None
-        parts = [torch.empty_like(pad) for _ in range(world)]
-        dist.gather(pad, parts, dst=dst, group=group)
-        return torch.cat(parts)[:rows]
+        whole = torch.empty((world * per, *t.shape[1:]), dtype=local.dtype, device=t.device)
+        dist.gather(pad, list(whole.split(per)), dst=dst, group=group)  # into views: no copy
+        return whole[:rows]
     full = DTensor.from_local(
         local.to(t.device), mesh, placements, shape=t.shape, stride=t.stride()
     ).full_tensor()
