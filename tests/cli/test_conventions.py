@@ -285,3 +285,31 @@ def test_follow_umask_fixes_what_save_pretrained_writes(tiny_lm, tmp_path, umask
     follow_umask(tmp_path / "hf")
     assert {_mode(p) for p in (tmp_path / "hf").iterdir()} == {0o644}
     assert _mode(tmp_path / "hf") == 0o755
+
+
+# --- leftovers of killed writers ---------------------------------------------------------------
+
+
+def test_leftovers_of_a_killed_writer_are_removed_by_the_next_one(tmp_path):
+    import subprocess
+    import sys
+
+    from pmalopti.runtime._posix import make_temp_dir, temp_name
+
+    code = (
+        "import sys; from pmalopti.runtime._posix import make_temp_dir; "
+        "print(make_temp_dir(sys.argv[1], '.tmp-out-'))"
+    )
+    dead = Path(
+        subprocess.run(
+            [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    )
+    live = make_temp_dir(tmp_path, ".tmp-other-")  # this process: still writing
+    foreign = tmp_path / ".tmp-notes"  # not one of ours
+    foreign.mkdir()
+    assert temp_name(".tmp-x-") != temp_name(".tmp-x-")
+    with atomic_dir(tmp_path / "out") as tmp:
+        (tmp / "v").write_text("1")
+    assert not dead.exists()
+    assert live.is_dir() and foreign.is_dir()

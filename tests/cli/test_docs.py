@@ -1,5 +1,6 @@
 """The docs are generated from the code and the committed results, and say what the code does."""
 
+import ast
 import dataclasses
 import importlib
 import importlib.util
@@ -56,24 +57,48 @@ def test_the_numbers_are_read_from_the_result_files(gen, tmp_path, monkeypatch):
     assert "9.8765 ±" in results.pma_grid_table("lr1e-2")
 
 
-def test_every_function_named_on_the_design_page_exists():
-    text = (ROOT / "docs" / "design.md").read_text(encoding="utf-8")
-    names = sorted(set(re.findall(r"`(pmalopti(?:\.\w+)+)`", text)))
-    assert len(names) > 30
-    missing = []
-    for name in names:
-        module_name, attr = name, None
-        while True:
-            try:
-                obj = importlib.import_module(module_name)
-                break
-            except ModuleNotFoundError:
-                module_name, _, tail = module_name.rpartition(".")
-                attr = tail if attr is None else f"{tail}.{attr}"
-        for part in (attr or "").split(".") if attr else []:
-            obj = getattr(obj, part, None)
+def _resolves(name: str) -> bool:
+    """'pmalopti.rl.loss.policy_loss' names an importable module and its attributes."""
+    module_name, attrs = name, []
+    while True:
+        try:
+            obj = importlib.import_module(module_name)
+            break
+        except ModuleNotFoundError:
+            if "." not in module_name:
+                return False
+            module_name, _, tail = module_name.rpartition(".")
+            attrs.insert(0, tail)
+    for attr in attrs:
+        obj = getattr(obj, attr, None)
         if obj is None:
-            missing.append(name)
+            return False
+    return True
+
+
+def _named_in(text: str) -> set[str]:
+    """`pmalopti.x.y` names in backticks, and what the page's Python blocks import from pmalopti."""
+    names = set(re.findall(r"`(pmalopti(?:\.\w+)+)", text))
+    for block in re.findall(r"```python\n(.*?)```", text, re.S):
+        for node in ast.walk(ast.parse(block)):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pmalopti"):
+                names |= {f"{node.module}.{a.name}" for a in node.names}
+            elif isinstance(node, ast.Import):
+                names |= {a.name for a in node.names if a.name.startswith("pmalopti")}
+    return names
+
+
+def test_every_function_named_on_the_design_page_exists():
+    names = _named_in((ROOT / "docs" / "design.md").read_text(encoding="utf-8"))
+    assert len(names) > 30
+    assert sorted(n for n in names if not _resolves(n)) == []
+
+
+def test_every_module_function_and_import_named_in_the_readme_and_docs_exists():
+    missing = []
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        names = _named_in(page.read_text(encoding="utf-8"))
+        missing += [f"{page.relative_to(ROOT)}: {n}" for n in sorted(names) if not _resolves(n)]
     assert missing == []
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pmalopti.pma.spec import MergeSpec
-from pmalopti.runtime.fs import atomic_write_json, atomic_write_text
+from pmalopti.runtime.fs import atomic_write_json, atomic_write_text, save_figure
 
 
 def method_label(method: str) -> str:
@@ -125,17 +125,10 @@ def plot_pma(result: Mapping[str, Any], out_png: str | Path, title: str | None =
 
 
 def _save(fig, ax, out_png: str | Path) -> Path:
-    """Grid, legend and layout, then write the PNG (creating its folder) and free the figure."""
-    import matplotlib.pyplot as plt
-
+    """Grid and legend, then `save_figure`."""
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png)
-    plt.close(fig)
-    return out_png
+    return save_figure(fig, out_png)
 
 
 def _zoom(ax, ys: Sequence[float]) -> None:

@@ -17,87 +17,49 @@ that choose 0600 (transformers' `save_pretrained`).
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import errno
+import io
 import json
 import os
-import secrets
 import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from pmalopti.errors import OutputError
+from pmalopti.errors import OutputError, UserError
+from pmalopti.runtime._posix import (
+    current_umask,
+    follow_umask,
+    fsync_dir,
+    fsync_tree,
+    make_temp_dir,
+    remove_stale,
+    rename_noreplace,
+    temp_name,
+)
+
+__all__ = [
+    "MARKER",
+    "atomic_dir",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "check_output_dir",
+    "check_output_file",
+    "current_umask",
+    "follow_umask",
+    "fsync_dir",
+    "fsync_tree",
+    "is_ours",
+    "prepare_run_dir",
+    "read_json",
+    "remove_stale",
+    "rename_noreplace",
+    "save_figure",
+    "write_marker",
+]
 
 MARKER = ".pmalopti.json"
 """Name of the file that marks a folder as written by pmalopti (what `--force` may replace)."""
-
-
-def current_umask() -> int:
-    """The process umask, read without changing it where the OS allows (Linux /proc)."""
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def follow_umask(path: str | Path) -> None:
-    """Give `path` (a file, or a folder and everything under it) the modes a plain `mkdir` /
-    `open` would: 0o777 / 0o666 minus the umask. Symlinks are left alone.
-
-    Call it on a folder written by a library that picks its own modes, e.g. transformers'
-    `save_pretrained`, which leaves `model.safetensors` at 0600.
-    """
-    mask = current_umask()
-    path = Path(path)
-    if path.is_symlink():
-        return
-    if not path.is_dir():
-        os.chmod(path, 0o666 & ~mask)
-        return
-    for root, dirs, files in os.walk(path):
-        os.chmod(root, 0o777 & ~mask)
-        for name in files:
-            p = os.path.join(root, name)
-            if not os.path.islink(p):
-                os.chmod(p, 0o666 & ~mask)
-        dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(root, d))]
-
-
-def fsync_dir(path: str | Path) -> None:
-    """Flush a folder's entries (a rename into it is durable only after this)."""
-    _fsync_path(path, directory=True)
-
-
-def _fsync_path(path: str | Path, *, directory: bool = False) -> None:
-    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0)
-    try:
-        fd = os.open(path, flags)
-    except OSError:
-        if directory:  # some platforms cannot open folders; the data files were synced
-            return
-        raise
-    try:
-        os.fsync(fd)
-    except OSError:
-        if not directory:
-            raise
-    finally:
-        os.close(fd)
-
-
-def fsync_tree(path: str | Path) -> None:
-    """fsync every file and folder under `path` (and `path` itself)."""
-    for root, dirs, files in os.walk(path):
-        for name in files:
-            p = os.path.join(root, name)
-            if not os.path.islink(p):
-                _fsync_path(p)
-        dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(root, d))]
-        fsync_dir(root)
 
 
 def write_marker(folder: str | Path, kind: str) -> None:
@@ -191,54 +153,6 @@ def check_output_file(
     return resolved
 
 
-def _libc_renameat2():
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fn = libc.renameat2
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_RENAMEAT2 = _libc_renameat2()
-_AT_FDCWD, _RENAME_NOREPLACE = -100, 1
-
-
-def rename_noreplace(src: str | Path, dst: str | Path) -> None:
-    """Rename `src` to `dst`, failing with FileExistsError if `dst` exists (even an empty folder).
-
-    Atomic on Linux (renameat2 RENAME_NOREPLACE); elsewhere a check then a rename.
-    """
-    if _RENAMEAT2 is not None:
-        rc = _RENAMEAT2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE)
-        if rc == 0:
-            return
-        err = ctypes.get_errno()
-        if err in (errno.EEXIST, errno.ENOTEMPTY):
-            raise FileExistsError(err, os.strerror(err), str(dst))
-        if err not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
-            raise OSError(err, os.strerror(err), str(src), None, str(dst))
-    if os.path.lexists(dst):
-        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(dst))
-    os.rename(src, dst)
-
-
-def make_temp_dir(parent: str | Path, prefix: str) -> Path:
-    """A new, empty folder `parent/<prefix><random>` whose mode follows the umask (mkdtemp's is
-    always 0700)."""
-    parent = Path(parent)
-    for _ in range(100):
-        path = parent / f"{prefix}{secrets.token_hex(4)}"
-        try:
-            os.mkdir(path)  # mode 0o777 minus the umask
-        except FileExistsError:
-            continue
-        return path
-    raise FileExistsError(f"could not create a temporary folder in {parent}")
-
-
 def _identity(path: Path) -> tuple[int, int] | None:
     try:
         st = path.lstat()
@@ -268,6 +182,7 @@ def atomic_dir(
     out = check_output_dir(out, force=force, inputs=inputs, flag=flag)
     seen = _identity(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(out.parent)
     tmp = make_temp_dir(out.parent, f".tmp-{out.name}-")
     try:
         write_marker(tmp, kind)
@@ -342,6 +257,7 @@ def prepare_run_dir(
             raise OutputError(f"{flag} {path} {why}; choose another folder")
         if not path.is_dir():
             raise OutputError(f"--resume: run folder {path} does not exist")
+        remove_stale(resolved)  # half-written checkpoints of a killed run
         return resolved
     try:
         resolved = check_output_dir(path, force=force, inputs=inputs, flag=flag)
@@ -366,7 +282,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     for _ in range(100):
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        tmp = path.parent / (temp_name(f".tmp-{path.name}-") + ".tmp")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except FileExistsError:
@@ -394,3 +310,30 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: str | Path, what: str = "") -> Any:
+    """A JSON file's content; a file that is not JSON is a UserError naming it (and where)."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"{what or path}: not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(
+            f"{what or path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
+        ) from None
+    except RecursionError:
+        raise UserError(f"{what or path}: JSON nested too deeply") from None
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Lay out a matplotlib figure, write it as a PNG atomically (creating its folder), close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format=Path(path).suffix.lstrip(".") or "png")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)
