@@ -18,9 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pmalopti.pma.dcp_layout import step_from_name
-
-# HF Trainer checkpoint-N, OLMo-core stepN, torchtitan step-N, Megatron iter_NNNNNNN.
-STEP_DIR = re.compile(r"^(?:checkpoint-|step-?|iter_)(\d+)$")
+from pmalopti.runtime.checkpoint import CHECKPOINT_DIR as STEP_DIR
 
 
 @dataclass(frozen=True)
