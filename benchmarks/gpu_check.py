@@ -231,7 +231,8 @@ def online_section(plan: Plan, device, model) -> dict:
 
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
     g = torch.Generator(device).manual_seed(0)
-    ids = torch.randint(0, 1000, (plan.train_batch, plan.train_len), device=device, generator=g)
+    shape = (plan.train_batch, plan.train_len)
+    ids = torch.randint(0, min(plan.vocab, 1000), shape, device=device, generator=g)
     model.train()
 
     def run(averager: OnlineAverager | None) -> tuple[float, float]:
