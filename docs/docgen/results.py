@@ -249,6 +249,38 @@ def rl_sentences() -> tuple[str, str]:
     return fig1, acc
 
 
+# --- benchmarks --------------------------------------------------------------------------------
+
+MERGE_BENCH = "benchmarks/results/merge_vs_mergekit.json"
+
+
+def merge_benchmark() -> str:
+    """The merge benchmark's table and ratio line, from its committed JSON."""
+    b = load(MERGE_BENCH)
+    jobs = b["jobs"]
+    rows = [
+        [name, f"{j['wall_s']:.2f}", f"{j['cpu_s']:.2f}", f"{j['peak_rss_gb']:.2f}"]
+        for name, j in jobs.items()
+    ]
+    ours = jobs[f"pmalopti merge, N={b['n']}"]
+    load_ = b["load_average_1min"]
+    line = (
+        f"{b['n']} checkpoints, {b['input_gb']:.2f} GB of bf16 safetensors, page cache warm, "
+        f"{b['cpus']} CPUs, load average {load_['start']:.1f} at the start and "
+        f"{load_['end']:.1f} at the end, best of {b['repeats']}: `pmalopti merge` "
+        f"{ours['wall_s']:.2f} s with peak RSS {ours['peak_rss_gb']:.2f} GB"
+    )
+    if "mergekit_over_pmalopti_wall" in b:
+        eq = b["equality"]
+        line += (
+            f"; mergekit {b['mergekit']} `linear` takes {b['mergekit_over_pmalopti_wall']:.1f}x "
+            f"the wall time and {b['mergekit_over_pmalopti_cpu']:.1f}x the CPU time; the merged "
+            f"models differ in {100 * eq['share_differ']:.2f}% of elements, "
+            f"{eq['beyond_1ulp']} by more than one bf16 ulp"
+        )
+    return _table(["job", "wall (s)", "CPU (s)", "peak RSS (GB)"], rows) + "\n\n" + line + "."
+
+
 # --- README summary ----------------------------------------------------------------------------
 
 
