@@ -281,6 +281,27 @@ def merge_benchmark() -> str:
     return _table(["job", "wall (s)", "CPU (s)", "peak RSS (GB)"], rows) + "\n\n" + line + "."
 
 
+def merge_benchmark_sentence() -> str:
+    b = load(MERGE_BENCH)
+    jobs = b["jobs"]
+    small, big = jobs["pmalopti merge, N=2"], jobs[f"pmalopti merge, N={b['n']}"]
+    text = (
+        f"Merging {b['n']} bf16 checkpoints ({b['input_gb']:.2f} GB, {b['cpus']} CPUs): "
+        f"`pmalopti merge` {big['wall_s']:.1f} s, peak memory {small['peak_rss_gb']:.2f} GB at "
+        f"N = 2 and {big['peak_rss_gb']:.2f} GB at N = {b['n']}"
+    )
+    if "mergekit_over_pmalopti_wall" in b:
+        mk = jobs[f"mergekit linear, N={b['n']}"]
+        text += (
+            f"; mergekit {b['mergekit']} takes {b['mergekit_over_pmalopti_wall']:.1f}× the wall "
+            f"time and {mk['peak_rss_gb']:.2f} GB, for the same result up to one bf16 rounding step"
+            if b["equality"]["beyond_1ulp"] == 0
+            else f"; mergekit {b['mergekit']} takes {b['mergekit_over_pmalopti_wall']:.1f}× the "
+            f"wall time and {mk['peak_rss_gb']:.2f} GB"
+        )
+    return text
+
+
 # --- README summary ----------------------------------------------------------------------------
 
 
@@ -296,7 +317,8 @@ def readme_results() -> str:
         f"- The paper's Fig. 1 reproduces: {fig1}.",
         f"- The paper's accuracy gains do not reproduce at this scale. {acc}.",
         "",
-        "**On a GPU** ([benchmarks](docs/benchmarks.md))",
+        "**Benchmarks** ([benchmarks](docs/benchmarks.md))",
+        f"- {merge_benchmark_sentence()}.",
         gpu_sentence(),
     ]
     return "\n".join(lines)
