@@ -302,6 +302,32 @@ def merge_benchmark_sentence() -> str:
     return text
 
 
+RL_EFFECT = "experiments/rl_effect/summary.json"
+RL_EFFECT_LABELS = {"ar": "+ AR", "lopti": "+ Lopti", "ar_lopti": "+ AR + Lopti"}
+
+
+def rl_effect_sentence() -> str:
+    """Plain GRPO where it learns, and AR / Lopti paired with it seed by seed."""
+    s = load(RL_EFFECT)
+    v = s["variants"]
+    base = v["grpo"]
+    parts = []
+    for key, label in RL_EFFECT_LABELS.items():
+        if key not in v:
+            continue
+        d = v[key]["vs_grpo"]
+        parts.append(
+            f"{label} {d['mean']:+.3f} ± {d['std']:.3f} (better on {d['wins']}, worse on "
+            f"{d['losses']} of {d['n']} seeds)"
+        )
+    return (
+        f"in the regime where plain GRPO learns ({s['steps']} steps, {base['n']} "
+        f"seed{'s' if base['n'] != 1 else ''}), it raises held-out accuracy from "
+        f"{base['start_mean']:.3f} to {base['final_mean']:.3f} ± {base['final_std']:.3f}; final "
+        f"accuracy minus GRPO's: " + ", ".join(parts)
+    )
+
+
 # --- README summary ----------------------------------------------------------------------------
 
 
@@ -316,6 +342,11 @@ def readme_results() -> str:
         "**AR and Lopti for GRPO, tiny models** ([every seed](experiments/rl_kk/README.md))",
         f"- The paper's Fig. 1 reproduces: {fig1}.",
         f"- The paper's accuracy gains do not reproduce at this scale. {acc}.",
+        *(
+            [f"- [GRPO where it learns](experiments/rl_effect/README.md): {rl_effect_sentence()}."]
+            if (ROOT / RL_EFFECT).is_file()
+            else []
+        ),
         "",
         "**Benchmarks** ([benchmarks](docs/benchmarks.md))",
         f"- {merge_benchmark_sentence()}.",
