@@ -38,6 +38,8 @@ class Spike:
         )
 
     def describe(self) -> str:
+        if not math.isfinite(self.loss):
+            return f"non-finite loss {self.loss} at step {self.step} (the run diverged)"
         ratio = (
             self.loss / self.median if self.median > 0 and math.isfinite(self.loss) else math.inf
         )
@@ -62,7 +64,8 @@ def find_spike(
     `after` is usually the warmup length: loss bumps while the LR is still rising are transients
     of the warmup, not the spikes of the constant-LR phase that PMA recovery is for.
 
-    A non-finite loss (NaN/inf) is a spike. Needs `min_history` earlier losses before judging, so
+    A non-finite loss (NaN/inf) is a spike at once, even with no history (an all-NaN run) or
+    during the warmup. Otherwise needs `min_history` earlier losses before judging, so
     the fast early descent is never mistaken for a spike (a falling loss cannot exceed its median
     anyway, but a median of one point is too noisy).
     """
@@ -72,9 +75,12 @@ def find_spike(
         raise ValueError("spike window and min_history must be >= 1")
     history: list[float] = []
     for s, x in zip(steps, losses, strict=True):
+        if not math.isfinite(x):  # NaN/inf is a divergence wherever it happens, warmup included
+            med = statistics.median(history[-window:]) if history else math.nan
+            return Spike(int(s), float(x), med, factor, window, after)
         if s > after and len(history) >= min_history:
             med = statistics.median(history[-window:])
-            if not math.isfinite(x) or x > factor * med:
+            if x > factor * med:
                 return Spike(int(s), float(x), med, factor, window, after)
         if math.isfinite(x):
             history.append(float(x))
@@ -85,12 +91,27 @@ def spike_from_log(run_dir: Path, *, factor: float, window: int, after: int | No
     """The spike in RUN/metrics.jsonl; `after` defaults to the run's warmup length."""
     if after is None:
         after = _warmup_steps(Path(run_dir))
-    rows = [r for r in read_metrics(Path(run_dir) / "metrics.jsonl") if "loss" in r]
-    if not rows:
-        raise ValueError(f"{run_dir}/metrics.jsonl has no loss values")
+    log_file = Path(run_dir) / "metrics.jsonl"
+    steps, losses = [], []
+    for i, r in enumerate(read_metrics(log_file), 1):
+        if not isinstance(r, dict) or "loss" not in r:
+            continue
+        step, loss = r.get("step"), r["loss"]
+        if not isinstance(step, int) or isinstance(step, bool):
+            raise ValueError(
+                f"{log_file}: record {i}: field 'step' is {step!r:.40}, not an integer"
+            )
+        if loss is None:  # json has no NaN in strict writers: null stands for it
+            loss = math.nan
+        if not isinstance(loss, int | float) or isinstance(loss, bool):
+            raise ValueError(f"{log_file}: record {i}: field 'loss' is {loss!r:.40}, not a number")
+        steps.append(step)
+        losses.append(float(loss))
+    if not steps:
+        raise ValueError(f"{log_file} has no loss values")
     spike = find_spike(
-        [r["step"] for r in rows],
-        [float(r["loss"]) for r in rows],
+        steps,
+        losses,
         factor=factor,
         window=window,
         after=after,
@@ -109,8 +130,15 @@ def _warmup_steps(run_dir: Path) -> int:
     f = run_dir / "config.yaml"
     if not f.is_file():
         return 0
-    cfg = yaml.safe_load(f.read_text(encoding="utf-8")) or {}
-    return int((cfg.get("schedule") or {}).get("warmup_steps", 0))
+    try:
+        cfg = yaml.safe_load(f.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as exc:
+        raise ValueError(f"{f}: not valid YAML ({type(exc).__name__})") from None
+    sched = cfg.get("schedule") if isinstance(cfg, dict) else None
+    warmup = (sched or {}).get("warmup_steps", 0) if isinstance(sched, dict | None) else None
+    if not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0:
+        raise ValueError(f"{f}: field 'schedule.warmup_steps' is {warmup!r:.40}, not a step count")
+    return warmup
 
 
 def checkpoints_before(run_dir: Path, spike_step: int, last: int) -> list[tuple[int, Path]]:

@@ -119,12 +119,31 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     types (Qwen2 among them), which re-splits text differently from the tokenizer a tiny model
     was trained with. A folder whose `tokenizer_config.json` names the generic class loads as that.
     """
-    cfg_file = Path(path) / "tokenizer_config.json"
-    if cfg_file.is_file():
-        cls = json.loads(cfg_file.read_text(encoding="utf-8")).get("tokenizer_class")
-        if cls in ("TokenizersBackend", "PreTrainedTokenizerFast"):
-            return PreTrainedTokenizerFast.from_pretrained(str(path))
-    return AutoTokenizer.from_pretrained(str(path))
+    from pmalopti.runtime.inputs import check_folder, one_line
+
+    folder = Path(path)
+    check_folder(folder)
+    if folder.is_dir() and not any(
+        any(folder.glob(p)) for p in ("tokenizer*", "vocab.*", "merges.txt", "*.model")
+    ):
+        raise FileNotFoundError(
+            f"no tokenizer files in {folder} (tokenizer.json, tokenizer_config.json, vocab.*, ...)"
+        )
+    cfg_file = folder / "tokenizer_config.json"
+    try:
+        if cfg_file.is_file():
+            try:
+                cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise ValueError(f"{cfg_file}: not valid JSON ({one_line(exc)})") from None
+            cls = cfg.get("tokenizer_class") if isinstance(cfg, dict) else None
+            if cls in ("TokenizersBackend", "PreTrainedTokenizerFast"):
+                return PreTrainedTokenizerFast.from_pretrained(str(path))
+        return AutoTokenizer.from_pretrained(str(path))
+    except (ValueError, FileNotFoundError):
+        raise
+    except Exception as exc:  # transformers' errors are long and sometimes name the wrong cause
+        raise ValueError(f"{folder}: cannot load the tokenizer ({one_line(exc)})") from None
 
 
 def build_tiny_model(

@@ -25,6 +25,7 @@ from pmalopti.pma.safetensors_format import (
     pread_into,
     read_header,
 )
+from pmalopti.runtime.inputs import file_inside
 
 ST_INDEX = "model.safetensors.index.json"
 ST_SINGLE = "model.safetensors"
@@ -35,19 +36,31 @@ BIN_SINGLE = "pytorch_model.bin"
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: cannot read JSON ({exc})") from exc
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not valid JSON (not UTF-8 text)") from None
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read ({exc.strerror or type(exc).__name__})") from None
 
 
 def _index_files(folder: Path, index_name: str) -> dict[str, Path]:
-    """tensor name -> shard file, from a HF index; every shard it names must exist."""
-    index = _read_json(folder / index_name)
+    """tensor name -> shard file, from a HF index; every shard it names must exist in `folder`."""
+    index = _read_json(file_inside(folder, index_name, what="index"))
     wmap = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(wmap, dict) or not wmap:
         raise ValueError(f"{folder / index_name}: no 'weight_map' in the index")
     out = {}
     for name, fname in wmap.items():
-        f = folder / str(fname)
+        if not isinstance(fname, str):
+            raise ValueError(
+                f"{folder / index_name}: weight_map[{name!r}] is a {type(fname).__name__}, "
+                "not a file name"
+            )
+        try:
+            f = file_inside(folder, fname, what="shard")
+        except ValueError as exc:
+            raise ValueError(f"{folder / index_name}: weight_map[{name!r}]: {exc}") from None
         if not f.is_file():
             raise FileNotFoundError(
                 f"{folder / index_name}: shard {fname} (for {name!r}) is missing"
@@ -64,9 +77,20 @@ def _load_bin(path: Path) -> dict[str, torch.Tensor]:
         except RuntimeError:  # legacy (non-zip) files cannot be memory-mapped
             sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ValueError(f"{path}: cannot load with torch.load(weights_only=True): {exc}") from exc
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise ValueError(f"{path}: not a state dict of tensors")
+        # torch's message quotes what it found in the file: name the failure, not the content
+        why = (
+            "it holds objects other than tensors"
+            if "weights_only" in str(exc) or "Unsupported global" in str(exc)
+            else type(exc).__name__
+        )
+        raise ValueError(
+            f"{path}: cannot load with torch.load(weights_only=True) ({why}; a corrupt file "
+            "or not a PyTorch checkpoint)"
+        ) from None
+    if not isinstance(sd, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()
+    ):
+        raise ValueError(f"{path}: not a state dict of named tensors")
     return sd
 
 
@@ -84,7 +108,7 @@ class CheckpointReader:
         self.model_dir: Path | None = p if p.is_dir() else None
         self.config: dict[str, Any] | None = None
         if self.model_dir and (self.model_dir / "config.json").is_file():
-            self.config = _read_json(self.model_dir / "config.json")
+            self.config = _read_json(file_inside(self.model_dir, "config.json", what="config"))
         self._stored: dict[str, StoredTensor] = {}
         self._bin_files: dict[str, Path] = {}
         self._bin_cache: tuple[Path, dict[str, torch.Tensor]] | None = None
@@ -102,11 +126,11 @@ class CheckpointReader:
         elif (p / ST_INDEX).is_file():
             self._open_safetensors(_index_files(p, ST_INDEX))
         elif (p / ST_SINGLE).is_file():
-            self._open_safetensors({None: p / ST_SINGLE})
+            self._open_safetensors({None: file_inside(p, ST_SINGLE, what="weights")})
         elif (p / BIN_INDEX).is_file():
             self._open_bin(sorted(set(_index_files(p, BIN_INDEX).values())))
         elif (p / BIN_SINGLE).is_file():
-            self._open_bin([p / BIN_SINGLE])
+            self._open_bin([file_inside(p, BIN_SINGLE, what="weights")])
         else:
             raise FileNotFoundError(
                 f"checkpoint {p}: no {ST_SINGLE}, {ST_INDEX}, {BIN_SINGLE} or {BIN_INDEX} in it"
