@@ -52,7 +52,10 @@ def run(args) -> int:
     from pmalopti.lm.evaluate import evaluate_checkpoints
     from pmalopti.pma.report import markdown_table
     from pmalopti.runtime.fs import atomic_write_json
+    from pmalopti.runtime.inputs import check_output_file
 
+    if args.json:
+        check_output_file(args.json, [*args.checkpoints, args.data])
     rows = evaluate_checkpoints(
         args.checkpoints,
         args.data,

@@ -116,18 +116,23 @@ def run(args) -> int:
                 "or --force to delete it and start over"
             )
         shutil.rmtree(run_dir)
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
-
-    torch.manual_seed(cfg.seed)
-    device = pick_device(cfg.model.device)
-    task = get_task(cfg.task.name, **cfg.task.kwargs)
-    train = _samples(task, "train", cfg.task.train_path, cfg.task.train_size, cfg.seed)
-    evals = _samples(task, "test", cfg.task.eval_path, cfg.task.eval_size, cfg.seed)
-    model, tok, init = load_policy(cfg, task, device, run_dir)
-    if cfg.model.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    ref = load_reference(init, cfg, device) if cfg.algo.kl_coef > 0 else None
+    try:  # bad task data or model: leave no run folder behind (none existed before)
+        save_config(cfg, run_dir / "config.yaml")
+        torch.manual_seed(cfg.seed)
+        device = pick_device(cfg.model.device)
+        task = get_task(cfg.task.name, **cfg.task.kwargs)
+        train = _samples(task, "train", cfg.task.train_path, cfg.task.train_size, cfg.seed)
+        evals = _samples(task, "test", cfg.task.eval_path, cfg.task.eval_size, cfg.seed)
+        model, tok, init = load_policy(cfg, task, device, run_dir)
+        if cfg.model.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        ref = load_reference(init, cfg, device) if cfg.algo.kl_coef > 0 else None
+    except BaseException:
+        if created:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     trainer = GRPOTrainer(
         cfg,
         model,

@@ -72,8 +72,12 @@ def run_generate(args) -> int:
     out = Path(args.output)
     if out.suffix not in (".parquet", ".jsonl"):
         raise ValueError(f"--output: {out} must end in .parquet or .jsonl")
+    if out.is_dir():
+        raise ValueError(f"--output: {out} is a folder; give a file name")
     if out.exists() and not args.force:
         raise FileExistsError(f"output {out} already exists (use --force to replace it)")
+    if args.n < 1:
+        raise ValueError(f"--n must be at least 1, got {args.n}")
     records = generate_records(
         args.n,
         split=args.split,
@@ -103,7 +107,7 @@ def _read_responses(path: Path, field: str, n_rows: int) -> list[tuple[int, str]
     out: list[tuple[int, str]] = []
     positional = 0
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8").split("\n")
     except UnicodeDecodeError:
         raise ValueError(f"--responses: {path} is not UTF-8 text") from None
     for k, line in enumerate(lines, 1):
@@ -165,13 +169,11 @@ def score_table(rows: list[dict], responses: list[tuple[int, str]], *, think_pre
 
 def run_score(args) -> int:
     from pmalopti.runtime.fs import atomic_write_json
+    from pmalopti.runtime.inputs import check_output_file
     from pmalopti.tasks.kk import load_puzzles
 
-    if args.json and Path(args.json).resolve() in (
-        Path(args.data).resolve(),
-        Path(args.responses).resolve(),
-    ):
-        raise ValueError(f"--json {args.json} is an input; choose another file")
+    if args.json:
+        check_output_file(args.json, [args.data, args.responses])
     rows = load_puzzles(args.data)
     responses = _read_responses(Path(args.responses), args.field, len(rows))
     if not responses:

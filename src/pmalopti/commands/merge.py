@@ -74,7 +74,11 @@ def register(subparsers) -> None:
     )
     how.add_argument("--force", action="store_true", help="replace OUT if it exists")
     how.add_argument("--dry-run", action="store_true", help="print the selection, merge nothing")
-    how.add_argument("--no-progress", action="store_true", help="no progress bar")
+    how.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar (there is none when stderr is not a terminal)",
+    )
     how.add_argument(
         "--example",
         action="store_true",
@@ -154,7 +158,7 @@ def run(args) -> int:
         dtype=args.dtype,
         shard_size=shard_size,
         force=args.force,
-        progress=not args.no_progress,
+        progress=not args.no_progress and sys.stderr.isatty(),
         metadata={
             "method": method,
             "alpha": args.alpha,

@@ -37,10 +37,19 @@ def _has_tokenizer(path: Path) -> bool:
 
 
 def load_pretrained(path: str, cfg: GRPOConfig, dtype: str) -> PreTrainedModel:
+    from pmalopti.pma.reader import CheckpointReader
+    from pmalopti.runtime.inputs import check_folder, one_line
+
     kw = {"dtype": getattr(torch, dtype)}
     if cfg.model.attn_implementation:
         kw["attn_implementation"] = cfg.model.attn_implementation
-    return AutoModelForCausalLM.from_pretrained(path, **kw)
+    if Path(path).is_dir():  # check headers, index paths and symlinks before transformers reads
+        check_folder(path)
+        CheckpointReader(path).close()
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, **kw)
+    except Exception as exc:  # transformers' errors span lines; one line naming the folder
+        raise ValueError(f"{path}: cannot load the model ({one_line(exc)})") from None
 
 
 def load_policy(

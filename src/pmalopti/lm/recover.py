@@ -134,7 +134,9 @@ def _warmup_steps(run_dir: Path) -> int:
         cfg = yaml.safe_load(f.read_text(encoding="utf-8")) or {}
     except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as exc:
         raise ValueError(f"{f}: not valid YAML ({type(exc).__name__})") from None
-    sched = cfg.get("schedule") if isinstance(cfg, dict) else None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{f}: not a YAML mapping of config sections")
+    sched = cfg.get("schedule")
     warmup = (sched or {}).get("warmup_steps", 0) if isinstance(sched, dict | None) else None
     if not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0:
         raise ValueError(f"{f}: field 'schedule.warmup_steps' is {warmup!r:.40}, not a step count")

@@ -44,7 +44,7 @@ def _read_json(path: Path) -> Any:
         raise ValueError(f"{path}: cannot read ({exc.strerror or type(exc).__name__})") from None
 
 
-def _index_files(folder: Path, index_name: str) -> dict[str, Path]:
+def index_files(folder: Path, index_name: str) -> dict[str, Path]:
     """tensor name -> shard file, from a HF index; every shard it names must exist in `folder`."""
     index = _read_json(file_inside(folder, index_name, what="index"))
     wmap = index.get("weight_map") if isinstance(index, dict) else None
@@ -108,7 +108,10 @@ class CheckpointReader:
         self.model_dir: Path | None = p if p.is_dir() else None
         self.config: dict[str, Any] | None = None
         if self.model_dir and (self.model_dir / "config.json").is_file():
-            self.config = _read_json(file_inside(self.model_dir, "config.json", what="config"))
+            config_file = file_inside(self.model_dir, "config.json", what="config")
+            self.config = _read_json(config_file)
+            if not isinstance(self.config, dict):
+                raise ValueError(f"{config_file}: not a JSON object")
         self._stored: dict[str, StoredTensor] = {}
         self._bin_files: dict[str, Path] = {}
         self._bin_cache: tuple[Path, dict[str, torch.Tensor]] | None = None
@@ -124,11 +127,11 @@ class CheckpointReader:
             else:
                 raise ValueError(f"checkpoint {p}: expected a model folder or a .safetensors file")
         elif (p / ST_INDEX).is_file():
-            self._open_safetensors(_index_files(p, ST_INDEX))
+            self._open_safetensors(index_files(p, ST_INDEX))
         elif (p / ST_SINGLE).is_file():
             self._open_safetensors({None: file_inside(p, ST_SINGLE, what="weights")})
         elif (p / BIN_INDEX).is_file():
-            self._open_bin(sorted(set(_index_files(p, BIN_INDEX).values())))
+            self._open_bin(sorted(set(index_files(p, BIN_INDEX).values())))
         elif (p / BIN_SINGLE).is_file():
             self._open_bin([file_inside(p, BIN_SINGLE, what="weights")])
         else:

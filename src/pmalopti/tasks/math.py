@@ -114,6 +114,31 @@ def verify_answer(pred: str, gold: str, *, timeout_s: float = DEFAULT_TIMEOUT_S)
     return shared_pool(timeout_s).verify(pred, gold)
 
 
+def _read_rows(path: Path) -> list:
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    if path.suffix == ".jsonl":
+        rows = []
+        for k, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{path}: line {k}: not valid JSON ({exc.msg})") from None
+        return rows
+    if path.suffix == ".json":
+        try:
+            rows = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        if not isinstance(rows, list):
+            raise ValueError(f"{path}: expected a JSON list of objects")
+        return rows
+    raise ValueError(f"{path}: unsupported file type; use .jsonl, .json or .parquet")
+
+
 @register_task("math")
 class MathTask(Task):
     """Problems from a jsonl/parquet file with `problem_key` and `answer_key` columns.
@@ -150,24 +175,12 @@ class MathTask(Task):
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"math data file {path} does not exist")
-        if path.suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            rows = pq.read_table(path).to_pylist()
-        elif path.suffix == ".jsonl":
-            rows = []
-            for k, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as exc:
-                        raise ValueError(f"{path}: line {k}: not valid JSON ({exc.msg})") from None
-        elif path.suffix == ".json":
-            rows = json.loads(path.read_text(encoding="utf-8"))
-            if not isinstance(rows, list):
-                raise ValueError(f"{path}: expected a JSON list of objects")
-        else:
-            raise ValueError(f"{path}: unsupported file type; use .jsonl, .json or .parquet")
+        try:
+            rows = _read_rows(path)
+        except UnicodeDecodeError:
+            raise ValueError(f"{path}: not UTF-8 text") from None
+        except RecursionError:
+            raise ValueError(f"{path}: JSON nested too deep") from None
         out = []
         for i, row in enumerate(rows):
             if not isinstance(row, dict):
