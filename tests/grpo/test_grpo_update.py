@@ -166,6 +166,54 @@ def test_two_micro_batches_accumulate_to_the_gradient_of_one_batch(setup, agg):
     assert one[2]["actor/pg_loss"] == pytest.approx(two[2]["actor/pg_loss"], rel=1e-5, abs=1e-7)
 
 
+def test_micro_token_mean_steps_with_each_micro_batch_token_mean_over_the_accumulation_steps(setup):
+    model, batch = setup
+    short = batch.response_mask.clone()
+    short[:5, 2:] = False  # shorter responses in the first micro-batch
+    batch = dataclasses.replace(batch, response_mask=short)
+    counts = [int(batch.response_mask[r].sum()) for r in (slice(0, 8), slice(8, 16))]
+    assert counts[0] != counts[1]  # else the two normalisations coincide
+    kw = dict(agg="micro-token-mean", kl_log_ratio_clamp=5, minibatch_size=16)
+    two = _run(model, batch, _algo(micro_batch_size=8, **kw))
+    m = copy.deepcopy(model)
+    expected = [torch.zeros_like(p) for p in m.parameters()]
+    for rows in (slice(0, 8), slice(8, 16)):
+        logp, _ = response_logprobs(
+            m, batch.prompt_ids[rows], batch.prompt_mask[rows], batch.response_ids[rows],
+            batch.response_mask[rows],
+        )  # fmt: skip
+        loss, _ = policy_loss(
+            logp,
+            batch.old_logprobs[rows],
+            batch.advantages[rows],
+            batch.response_mask[rows],
+            clip_high=0.24,
+            clip_c=10.0,
+            ref_logprobs=batch.ref_logprobs[rows],
+            kl_coef=0.05,
+            kl_log_ratio_clamp=5,
+        )  # fmt: skip  (a micro-batch's own token-mean)
+        grads = torch.autograd.grad(loss / 2, list(m.parameters()))
+        expected = [e + g for e, g in zip(expected, grads, strict=True)]
+    norm = float(torch.stack([e.norm() for e in expected]).norm())
+    expected = [e * min(1.0, 1.0 / (norm + 1e-6)) for e in expected]  # _run clips at 1
+    for a, b in zip(two[1][0], expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)
+    # one micro-batch per minibatch: the authors' normalisation is the token-mean
+    one = _run(model, batch, _algo(micro_batch_size=16, **kw))
+    tm = _run(model, batch, _algo(agg="token-mean", kl_log_ratio_clamp=5, minibatch_size=16))
+    for a, b in zip(one[1][0], tm[1][0], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)
+    assert any(not torch.allclose(a, b) for a, b in zip(two[1][0], tm[1][0], strict=True))
+
+
+def test_algo_config_refuses_an_unknown_aggregation_or_kl_clamp_bound():
+    with pytest.raises(ValueError, match=r"algo\.agg"):
+        AlgoConfig(agg="token-sum")
+    with pytest.raises(ValueError, match="kl_log_ratio_clamp must be 5 or 20"):
+        AlgoConfig(kl_log_ratio_clamp=10)
+
+
 def test_minibatch_size_must_divide_the_rollout_batch(setup):
     model, batch = setup
     with pytest.raises(ValueError, match="minibatch_size 6 does not divide"):

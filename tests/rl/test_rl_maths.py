@@ -42,7 +42,7 @@ def _random_case(seed: int = 0, dtype=torch.float64):
 def _reference_loss(
     logp, old, adv, ref, mask, kl_mask, *, agg, clip_low, clip_high, c, beta, denom=None
 ):
-    """DESIGN.md's formulas, element by element in python floats."""
+    """docs/design.md's formulas, element by element in python floats."""
     rows = []
     for i in range(B):
         row = []
@@ -60,7 +60,7 @@ def _reference_loss(
     tokens = [x for r in rows for x in r if x is not None]
     seqs = [[x for x in r if x is not None] for r in rows]
     seqs = [s for s in seqs if s]
-    if agg == "token-mean":
+    if agg in ("token-mean", "micro-token-mean"):  # one micro-batch: the two coincide
         return sum(tokens) / (denom or len(tokens))
     if agg == "seq-mean-token-mean":
         return sum(sum(s) / len(s) for s in seqs) / (denom or len(seqs))

@@ -10,7 +10,6 @@ import contextlib
 import logging
 import os
 import platform
-import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -18,50 +17,9 @@ from pathlib import Path
 
 from pmalopti.config import save_config, to_dict
 from pmalopti.demo.config import DemoConfig
-from pmalopti.runtime.fs import atomic_write_json, atomic_write_text
+from pmalopti.runtime.fs import atomic_write_json, atomic_write_text, prepare_run_dir
 
 log = logging.getLogger(__name__)
-
-# What a demo run writes; `--force` removes these and nothing else.
-OUTPUTS = (
-    "REPORT.md",
-    "summary.json",
-    "demo_config.yaml",
-    "demo.log",
-    "data",
-    "figures",
-    "pretrain",
-    "pma-init",
-    "grpo",
-    "grpo-ar-lopti",
-)
-
-
-def _ours(name: str) -> bool:
-    return name in OUTPUTS or name.startswith(("sft-from-", ".tmp-pma-init-", ".old-pma-init-"))
-
-
-def prepare_output(out: Path, *, force: bool) -> Path:
-    """Refuse a non-empty folder unless `force`; with `force`, remove only a demo's own outputs."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"--out {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not force:
-            raise FileExistsError(f"--out {out} is not empty (use --force to replace a demo run)")
-        foreign = sorted(p.name for p in out.iterdir() if not _ours(p.name))
-        if foreign:
-            raise FileExistsError(
-                f"--out {out} holds files the demo did not write ({', '.join(foreign[:5])}); "
-                "--force only replaces a previous demo run: choose another folder"
-            )
-        for p in out.iterdir():
-            if p.is_dir():
-                shutil.rmtree(p)
-            else:
-                p.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-    return out.resolve()
 
 
 @contextlib.contextmanager
@@ -106,7 +64,7 @@ def run_demo(
     from pmalopti.demo.writeup import console_summary, report_markdown
     from pmalopti.lm.loop import read_metrics
 
-    out = prepare_output(Path(out), force=force)
+    out = prepare_run_dir(out, force=force, kind="demo")
     save_config(cfg, out / "demo_config.yaml")
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
@@ -140,7 +98,7 @@ def run_demo(
         timings["report"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t_start
         summary = {
-            "command": command or f"pmalopti demo --out {out}",
+            "command": command or f"pmalopti demo -o {out}",
             "size": size,
             "seed": cfg.seed,
             "out": str(out),

@@ -1,19 +1,20 @@
 """The update phase of one GRPO step: minibatch sweeps, micro-batch accumulation, Lopti passes.
 
 The maths (advantages, AR, Lopti masks, loss, KL, aggregation) comes from `pmalopti.rl`; this
-module only schedules it, as the official code does (arXiv 2505.12929 §4.2, DESIGN.md):
+module only schedules it, as the official code does (arXiv 2505.12929 §4.2, docs/design.md):
 
     for pass in lopti_passes(...):          # one pass, or "low" then "high"
         for epoch in range(ppo_epochs):
             for minibatch in rollout batch:  # one optimizer step each
-                denom = loss_denominator(minibatch)
                 for micro in minibatch:      # gradient accumulation
-                    policy_loss(..., denom=denom).backward()
+                    policy_loss(..., denom=micro_batch_denominators(...)[micro]).backward()
                 clip, step
 
-Every micro-batch uses the denominator of its whole minibatch, so the accumulated gradient is
-the minibatch gradient, and Lopti's two passes (advantages and KL zeroed on the other group,
-same π_old, same denominator) add up to the single-pass objective.
+With token-mean (and the seq-mean modes) every micro-batch uses the denominator of its whole
+minibatch, so the accumulated gradient is the minibatch gradient; with micro-token-mean each
+micro-batch is its own token-mean ÷ the accumulation steps (the paper authors' code). Either
+way Lopti's two passes (advantages and KL zeroed on the other group, same π_old, same
+denominators) add up to the single-pass objective.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from pmalopti.rl import (
     lopti_split,
     loss_denominator,
     low_token_fraction,
+    micro_batch_denominators,
     policy_loss,
     token_prob_diagnostics,
 )
@@ -111,9 +113,10 @@ def update_policy(
                 else torch.arange(b, device=device)
             )
             for mb in order.split(algo.minibatch_size):
-                denom = loss_denominator(mask[mb], algo.agg)
+                micros = mb.split(algo.micro_batch_size)
+                denoms = micro_batch_denominators([mask[mc] for mc in micros], algo.agg)
                 optimizer.zero_grad(set_to_none=True)
-                for mc in mb.split(algo.micro_batch_size):
+                for mc, denom in zip(micros, denoms, strict=True):
                     with amp():
                         logp, ent = _logprobs(model, batch, mc, temperature, with_entropy)
                     loss, m = policy_loss(
@@ -127,6 +130,7 @@ def update_policy(
                         ref_logprobs=None if batch.ref_logprobs is None else batch.ref_logprobs[mc],
                         kl_coef=algo.kl_coef,
                         kl_mask=p.kl_mask[mc],
+                        kl_log_ratio_clamp=algo.kl_log_ratio_clamp,
                         agg=algo.agg,
                         denom=denom,
                         entropy=ent,

@@ -115,7 +115,7 @@ class LoptiGRPOConfig(GRPOConfig):
             problems.append("the entropy bonus would be added in both sweeps: set entropy_coef=0")
         if self.beta != 0:
             # With β ≠ 0 each pass restricts TRL's loss mask to its group so the KL term is
-            # restricted too (DESIGN.md: advantages *and* KL zeroed on the other group).
+            # restricted too (docs/design.md: advantages *and* KL zeroed on the other group).
             why = (
                 "with beta != 0 the KL term is restricted to each sweep's tokens via the mask, so "
             )
@@ -170,7 +170,7 @@ class LoptiGRPOTrainer(GRPOTrainer):
         mask = out["completion_mask"]  # (B, T)
         if "tool_mask" in out:
             mask = mask * out["tool_mask"]
-        # AR first, then Lopti's split (DESIGN.md): the per-token advantages are AR's in every pass.
+        # AR first, then Lopti's split (docs/design.md): per-token advantages are AR's in both passes.
         adv = reweight_advantages(out["advantages"], old, self._ar_alpha)  # (B, T)
         out["advantages"] = adv
         self._log_token_prob_diagnostics(old, mask, adv)

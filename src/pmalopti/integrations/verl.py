@@ -169,7 +169,7 @@ def lopti_ppo_loss(config: Any, model_output: dict, data: Any, dp_group: Any = N
     """verl's ``ppo_loss`` with the KL term restricted to ``data[KL_MASK_KEY]`` when present.
 
     verl adds β·agg(KL) over every response token; Lopti's pass must count only its own
-    tokens (DESIGN.md). Aggregation is linear in the per-token values with fixed denominators,
+    tokens (docs/design.md). Aggregation is linear in the per-token values with fixed denominators,
     so subtracting β·agg(KL on the excluded tokens) gives exactly the restricted term, value
     and gradient, without re-implementing verl's loss.
     """
