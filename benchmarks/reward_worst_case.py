@@ -4,8 +4,8 @@ Scores every response of a hostile corpus (power towers, huge exponents and fact
 nesting, megabyte strings, answers sympy chews on for seconds) and of a small legitimate corpus
 with `get_task("math").reward`, once from the main thread and once from a worker thread (where
 math-verify's own SIGALRM timeout does not work), timing each call. Writes
-`benchmarks/results/reward_worst_case.json` and the summary line of docs/tasks.md (between the
-`reward-worst-case` markers), both from the same numbers.
+`benchmarks/results/reward_worst_case.json`; `python docs/build_readme.py` then renders the
+summary line of docs/tasks.md from it.
 
     python benchmarks/reward_worst_case.py            # ~30 s
 """
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import threading
 import time
@@ -23,8 +22,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULT = ROOT / "benchmarks" / "results" / "reward_worst_case.json"
-DOC = ROOT / "docs" / "tasks.md"
-MARK = ("<!-- reward-worst-case -->", "<!-- /reward-worst-case -->")
 
 NEST = 200
 HOSTILE: list[tuple[str, str, str]] = [
@@ -105,34 +102,9 @@ def summary(rows: list[dict]) -> dict:
     }
 
 
-def doc_line(res: dict) -> str:
-    h, legit = res["hostile"], res["legit"]
-    return (
-        f"Measured by `python benchmarks/reward_worst_case.py` "
-        f"([result](../benchmarks/results/reward_worst_case.json), {res['cpus']} cores, load "
-        f"{res['load_avg']}): over {h['cases']} hostile responses the worst case per response is "
-        f"{h['main_thread']['worst_s']} s from the main thread and "
-        f"{h['worker_thread']['worst_s']} s from a worker thread ({h['screened']} refused by the "
-        f"screen; {h['timed_out_calls']} of the {2 * h['cases']} calls stopped by the "
-        f"{res['timeout_s']} s deadline and scored 0); "
-        f"{legit['correct']} of {legit['cases']} legitimate answers score 1, the slowest in "
-        f"{legit['worst_s']} s."
-    )
-
-
-def write_doc(line: str) -> None:
-    text = DOC.read_text(encoding="utf-8")
-    pattern = re.compile(re.escape(MARK[0]) + r"\n.*?\n" + re.escape(MARK[1]), re.S)
-    block = f"{MARK[0]}\n{line}\n{MARK[1]}"
-    if not pattern.search(text):
-        raise SystemExit(f"{DOC}: no {MARK[0]} ... {MARK[1]} block to fill")
-    DOC.write_text(pattern.sub(lambda _: block, text), encoding="utf-8")
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--out", type=Path, default=RESULT)
-    p.add_argument("--no-docs", action="store_true", help="do not rewrite the docs line")
     args = p.parse_args(argv)
 
     from pmalopti.tasks import get_task
@@ -182,10 +154,12 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
-    line = doc_line(res)
-    print(line)
-    if not args.no_docs:
-        write_doc(line)
+    h = res["hostile"]
+    print(
+        f"worst case per response: {h['main_thread']['worst_s']} s (main thread), "
+        f"{h['worker_thread']['worst_s']} s (worker thread); wrote {args.out}; "
+        "now run python docs/build_readme.py"
+    )
     return 0
 
 

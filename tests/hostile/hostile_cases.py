@@ -124,8 +124,8 @@ MODEL_BREAKS: dict[str, Callable[[Workspace, Path], None]] = {
     ),
     "truncated data": lambda ws, m: (m / ST).write_bytes((m / ST).read_bytes()[:-100]),
     "trailing bytes": lambda ws, m: (m / ST).write_bytes((m / ST).read_bytes() + b"\0" * 64),
-    "2 MB header of empty tensors": lambda ws, m: _st(
-        m, {f"t{i}": {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]} for i in range(40_000)}
+    "a 1.2 MB header of empty tensors": lambda ws, m: _st(
+        m, {f"t{i}": {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]} for i in range(20_000)}
     ),
     "metadata a list": lambda ws, m: _st(m, {"__metadata__": [1], "w": F32}, b"\0" * 4),
     "empty tensor name": lambda ws, m: _st(m, {"": F32}, b"\0" * 4),
@@ -287,7 +287,6 @@ def _int_tensor(m: Path, value: int) -> None:
 PAIR_BREAKS = {
     "different tensor names": _rename,
     "a different shape": _reshape,
-    "a different dtype": lambda m: _retype(m, "float16"),
 }
 for how, fn in PAIR_BREAKS.items():
     add(
@@ -503,8 +502,8 @@ add(
     lambda ws: Call(
         [
             "merge",
-            str(ws.model("a")),
-            str(ws.model("b")),
+            str((r := ws.run()) / "checkpoint-2"),
+            str(r / "checkpoint-4"),
             "--weights=-1,2",
             "-o",
             str(ws.path("out")),
@@ -965,14 +964,31 @@ RECOVER_RUNS = {
     ),
 }
 for how, make in RECOVER_RUNS.items():
+    # an unreadable config.yaml only means "schedule unknown": spikes are judged from step 0
+    expect = "ok" if how.startswith("config.yaml") else "error"
     add(
         f"recover: {how}",
-        lambda ws, make=make: Call(
+        lambda ws, make=make, expect=expect: Call(
             ["recover", "--run-dir", str(make(ws)), "--last", "2", "-o", str(ws.path("out"))],
             ws.inputs,
-            ws.path("out"),
+            ws.path("out") if expect == "error" else None,
         ),
+        expect,
     )
+add(
+    "merge: checkpoints of different dtypes (summed in fp32)",
+    lambda ws: Call(
+        [
+            "merge",
+            str(ws.model("a")),
+            str((_retype(b := ws.model("b"), "float16"), b)[1]),
+            "-o",
+            str(ws.path("out")),
+        ],
+        ws.inputs,
+    ),
+    "ok",
+)
 RECOVER_OPTIONS = {
     "--last 0": ["--last", "0"],
     "--last -2": ["--last", "-2"],
@@ -1036,7 +1052,7 @@ CONFIGS = {
     "a section that is a number": "optim: 5\n",
     "a wrong type": "seed: lots\n",
     "an integer of 400 digits": "seed: " + "9" * 400 + "\n",
-    "nested 3000 deep": "a: " + "[" * 3000 + "]" * 3000 + "\n",
+    "nested 200 deep": "a: " + "[" * 200 + "]" * 200 + "\n",
     "a Python object tag": "seed: !!python/object/apply:os.system ['true']\n",
 }
 for cmd in ("pretrain", "sft", "grpo"):
@@ -1329,28 +1345,7 @@ add(
 
 # --- waiting on other parts of the work --------------------------------------------------------
 
-_CONFIG = (
-    "config loading (pmalopti/config.py: YAML bounds and one-line errors) is helper cli's part"
-)
-for _cmd in ("pretrain", "sft", "grpo"):
-    for _how in (
-        "not YAML",
-        "not UTF-8",
-        "an integer of 400 digits",
-        "nested 3000 deep",
-        "a Python object tag",
-    ):
-        XFAIL[f"{_cmd}: config {_how}"] = _CONFIG
-    if _cmd != "sft":
-        XFAIL[f"{_cmd}: output an existing file"] = (
-            "output checks of training commands are helper cli's part (--force semantics)"
-        )
-    for _how in ("lr inf", "seed negative", "seed 2^70"):
-        XFAIL[f"{_cmd}: --set {_how}"] = "config bounds declared on fields are helper cli's part"
-for _cmd in ("pretrain", "sft"):
-    XFAIL[f"{_cmd}: --set threads 100000"] = "config bounds (train.threads) are helper cli's part"
-XFAIL["grpo: --set betas of three"] = "config bounds (betas of length 2) are helper cli's part"
-XFAIL["demo: config not YAML"] = _CONFIG
-XFAIL["merge: output a foreign folder, forced"] = (
-    "--force replacing only pmalopti's own folders is helper cli's part"
-)
+for _how in ("--method bogus", "--method ema:x"):
+    XFAIL[f"recover: {_how}"] = (
+        "argparse's own errors print the usage line too (the parser is helper cli's part)"
+    )

@@ -206,8 +206,6 @@ def templates() -> Path:
     global _TEMPLATES
     if _TEMPLATES is not None:
         return _TEMPLATES
-    import torch
-
     from pmalopti.models.tiny import tiny_model_and_tokenizer
     from pmalopti.tasks.kk import generate_records, write_puzzles
 
@@ -220,13 +218,14 @@ def templates() -> Path:
     tok.save_pretrained(root / "model")
     run = root / "run"
     run.mkdir()
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(root / "model" / "model.safetensors"))
     for step in (2, 4, 6, 8, 10, 12):
         ckpt = run / f"checkpoint-{step}"
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(0.01)
-        model.save_pretrained(ckpt)
-        tok.save_pretrained(ckpt)
+        shutil.copytree(root / "model", ckpt)
+        weights = {k: v + 0.01 for k, v in weights.items()}
+        save_file(weights, str(ckpt / "model.safetensors"), metadata={"format": "pt"})
         (ckpt / "trainer_state.json").write_text(
             json.dumps({"global_step": step, "num_input_tokens_seen": step * 100})
         )

@@ -1,6 +1,6 @@
 """Run the hostile-input corpus and write tests/hostile/RESULTS.md from what happened.
 
-    python tests/hostile/make_results.py            # ~1 minute; rewrites RESULTS.md
+    python tests/hostile/make_results.py            # ~1 minute; rewrites RESULTS.md, results.json
     python tests/hostile/make_results.py --only eval --show
 
 Every case runs in a fresh folder, in this process (as the tests do). The counts are the
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime
+import json
 import os
 import sys
 import tempfile
@@ -113,6 +114,16 @@ def main(argv: list[str] | None = None) -> int:
         print(text)
     else:
         args.out.write_text(text + "\n", encoding="utf-8")
+        counts = collections.Counter(out.kind() for _, out, _ in rows)
+        summary = {
+            "cases": len(rows),
+            "held": sum(ok for _, _, ok in rows),
+            "counts": {k: counts[k] for k in KINDS},
+            "failed": {case.id: out.kind() for case, out, ok in rows if not ok},
+            "waiting_on_others": sorted(XFAIL),
+            "seconds": round(seconds, 1),
+        }
+        (HERE / "results.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         print(text.split("\n\n")[2])
     return 0
 

@@ -51,11 +51,12 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from pmalopti.lm.evaluate import evaluate_checkpoints
     from pmalopti.pma.report import markdown_table
-    from pmalopti.runtime.fs import atomic_write_json
-    from pmalopti.runtime.inputs import check_output_file
+    from pmalopti.runtime.fs import atomic_write_json, check_output_file
 
     if args.json:
-        check_output_file(args.json, [*args.checkpoints, args.data])
+        check_output_file(
+            args.json, force=True, inputs=[*args.checkpoints, args.data], flag="--json"
+        )
     rows = evaluate_checkpoints(
         args.checkpoints,
         args.data,

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import logging
 import random
-import shutil
 import sys
 from pathlib import Path
 
@@ -69,7 +68,7 @@ def run(args) -> int:
     from pmalopti.grpo.config import GRPOConfig
     from pmalopti.grpo.model import load_policy, load_reference, pick_device
     from pmalopti.grpo.trainer import GRPOTrainer, latest_checkpoint
-    from pmalopti.runtime.fs import prepare_run_dir
+    from pmalopti.runtime.fs import prepare_run_dir, removed_on_error
     from pmalopti.tasks import get_task
 
     cfg, run_dir = load_run_config(
@@ -82,9 +81,8 @@ def run(args) -> int:
         if ckpt is None:
             raise FileNotFoundError(f"--resume: no checkpoint-<step> folder in {run_dir}")
     inputs = [cfg.model.init_from, cfg.model.path, *_paths(cfg.task.train_path)]
-    created = not run_dir.exists()
     prepare_run_dir(run_dir, resume=bool(args.resume), force=args.force, inputs=inputs)
-    try:  # bad task data or model: leave no run folder behind (none existed before)
+    with removed_on_error(run_dir, fresh=not args.resume):  # bad task data or model
         save_config(cfg, run_dir / "config.yaml")
         torch.manual_seed(cfg.seed)
         device = pick_device(cfg.model.device)
@@ -95,10 +93,6 @@ def run(args) -> int:
         if cfg.model.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         ref = load_reference(init, cfg, device) if cfg.algo.kl_coef > 0 else None
-    except BaseException:
-        if created:
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
     trainer = GRPOTrainer(
         cfg,
         model,

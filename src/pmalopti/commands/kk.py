@@ -168,12 +168,11 @@ def score_table(rows: list[dict], responses: list[tuple[int, str]], *, think_pre
 
 
 def run_score(args) -> int:
-    from pmalopti.runtime.fs import atomic_write_json
-    from pmalopti.runtime.inputs import check_output_file
+    from pmalopti.runtime.fs import atomic_write_json, check_output_file
     from pmalopti.tasks.kk import load_puzzles
 
     if args.json:
-        check_output_file(args.json, [args.data, args.responses])
+        check_output_file(args.json, force=True, inputs=[args.data, args.responses], flag="--json")
     rows = load_puzzles(args.data)
     responses = _read_responses(Path(args.responses), args.field, len(rows))
     if not responses:

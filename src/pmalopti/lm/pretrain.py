@@ -34,7 +34,7 @@ from pmalopti.lm.loop import (
     train,
 )
 from pmalopti.lm.online_pma import OnlinePMAConfig, online_pma_hook
-from pmalopti.runtime.fs import atomic_write_text, prepare_run_dir
+from pmalopti.runtime.fs import atomic_write_text, prepare_run_dir, removed_on_error
 
 log = logging.getLogger(__name__)
 
@@ -230,10 +230,11 @@ def pretrain(
         model, tok = load_model(resume_from), load_tokenizer(resume_from)
         train_texts = read_texts(run_dir / "data" / "train.jsonl")
     else:
-        train_texts, val_texts = corpus(cfg)
-        model, tok = build_model_and_tokenizer(cfg, train_texts)
-        write_jsonl(run_dir / "data" / "train.jsonl", train_texts)
-        write_jsonl(run_dir / "data" / "val.jsonl", val_texts)
+        with removed_on_error(run_dir, fresh=True):
+            train_texts, val_texts = corpus(cfg)
+            model, tok = build_model_and_tokenizer(cfg, train_texts)
+            write_jsonl(run_dir / "data" / "train.jsonl", train_texts)
+            write_jsonl(run_dir / "data" / "val.jsonl", val_texts)
     result = train_run(cfg, run_dir, model, tok, train_texts, resume_from=resume_from, hooks=hooks)
     if cfg.report.enabled:
         report(run_dir, cfg)

@@ -18,7 +18,7 @@ import torch
 from pmalopti.config import SEED, bounded, save_config
 from pmalopti.lm.data import batch_indices
 from pmalopti.lm.loop import IGNORE, LoopResult, OptimConfig, ScheduleConfig, TrainConfig, train
-from pmalopti.runtime.fs import prepare_run_dir
+from pmalopti.runtime.fs import prepare_run_dir, removed_on_error
 
 log = logging.getLogger(__name__)
 
@@ -195,11 +195,12 @@ def sft(
         source = resume_from
     else:
         source = Path(cfg.init_from)
-    model, tok = load_model(source), load_tokenizer(source)
-    train_rows, val_rows, task = load_pairs(cfg)
-    train_ex = encode_rows(train_rows, tok, cfg.data.max_length, "training")
-    val_ex = encode_rows(val_rows, tok, cfg.data.max_length, "validation")
-    save_config(cfg, run_dir / "config.yaml")
+    with removed_on_error(run_dir, fresh=not resume):
+        model, tok = load_model(source), load_tokenizer(source)
+        train_rows, val_rows, task = load_pairs(cfg)
+        train_ex = encode_rows(train_rows, tok, cfg.data.max_length, "training")
+        val_ex = encode_rows(val_rows, tok, cfg.data.max_length, "validation")
+        save_config(cfg, run_dir / "config.yaml")
     t = cfg.train
 
     def batches(step: int) -> list[dict]:

@@ -67,14 +67,3 @@ def one_line(exc: BaseException, limit: int = 300) -> str:
     """The first line of an exception's message, shortened: for wrapping a library's error."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def check_output_file(out: str | Path, inputs: list[str | Path], *, flag: str = "--json") -> None:
-    """Refuse an output file that is a folder, is an input, or lies inside an input folder."""
-    out = Path(out).resolve()
-    if out.is_dir():
-        raise ValueError(f"{flag} {out} is a folder; give a file name")
-    for src in inputs:
-        src = Path(src).resolve()
-        if out == src or (src.is_dir() and src in out.parents):
-            raise ValueError(f"{flag} {out} would write into the input {src}; choose another file")
