@@ -286,14 +286,26 @@ outputs. Ranges are checked when the config is built: a bad value is an error na
 """
 
 
+def used_by(cls: type) -> str:
+    """The commands whose module names `cls` (else the one its docstring opens with)."""
+    commands = sorted(
+        f"`pmalopti {path.stem}`"
+        for path in (_src_root() / "commands").glob("*.py")
+        if not path.stem.startswith("_")
+        and re.search(rf"\b{cls.__name__}\b", path.read_text(encoding="utf-8"))
+    )
+    if not commands:
+        m = re.match(r"`(pmalopti \w+)`", inspect.getdoc(cls) or "")
+        commands = [f"`{m.group(1)}`"] if m else []
+    return ", ".join(commands) or "Python API"
+
+
 def reference_page() -> str:
     ref = Reference()
     order = ref.order()
-    toc = ["| config | loaded by |", "|---|---|"]
-    loaded = loaded_configs()
+    toc = ["| config | used by | module |", "|---|---|---|"]
     for cls in ref.roots:
-        how = "`load_config`" if cls.__name__ in loaded else "Python"
-        toc.append(f"| [`{cls.__name__}`](#{anchor(cls)}) | {how} (`{cls.__module__}`) |")
+        toc.append(f"| [`{cls.__name__}`](#{anchor(cls)}) | {used_by(cls)} | `{cls.__module__}` |")
     sections = [ref.section(cls, prefixes) for cls, prefixes in order]
     framework = framework_sections()
     parts = [HEADER, "\n".join(toc), *sections]

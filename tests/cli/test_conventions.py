@@ -41,16 +41,15 @@ def test_every_command_that_writes_a_folder_takes_output_and_force(command):
     assert "--force" in text and "pmalopti wrote" in text
 
 
-@pytest.mark.parametrize("command", [*TRAINING, "demo"])
-def test_training_commands_take_config_and_set(command):
+@pytest.mark.parametrize("command", [*TRAINING, "recover", "demo"])
+def test_training_commands_take_config_set_and_resume(command):
     text = _help(command)
-    assert "--config FILE" in text and "--set KEY=VALUE" in text
+    assert "--config FILE" in text and "--set KEY=VALUE" in text and "--resume" in text
 
 
 @pytest.mark.parametrize("command", TRAINING)
-def test_training_commands_take_resume_and_init_from(command):
-    text = _help(command)
-    assert "--resume" in text and "--init-from" in text
+def test_training_commands_start_from_weights_with_init_from(command):
+    assert "--init-from CKPT" in _help(command)
 
 
 @pytest.mark.parametrize("command", ["merge", "recover"])

@@ -16,7 +16,7 @@ def test_readme_opens_with_the_two_commands_and_ci_runs_the_test_command_verbati
     install_and_demo, install_and_test = _readme_commands()
     assert install_and_demo.endswith("pmalopti demo")
     assert install_and_test.endswith(
-        "pip install torch==2.13.0 && pip install -e '.[dev,trl,verl,math]' && python -m pytest -n 2"
+        "pip install torch==2.13.0 && pip install -e '.[dev,trl,verl-tests,math]' && python -m pytest -n 2"
     )
     ci = (ROOT / ".ci" / "run").read_text()
     # CI makes its own fresh venv, then runs the README's command from `pip install` on

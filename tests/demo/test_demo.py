@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 
 import pytest
 import yaml
@@ -146,6 +147,32 @@ def test_saved_demo_config_loads_back_to_the_config_that_ran(demo):
     cfg = load_config(DemoConfig, out / "demo_config.yaml")
     assert cfg == load_demo_config(None, ["seed=3"], smoke=True)
     assert s["config"]["seed"] == 3
+
+
+def test_resume_keeps_finished_stages_and_reruns_the_rest_to_the_same_numbers(demo, tmp_path):
+    out, s, _ = demo
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy, symlinks=True)
+    (copy / "stages" / "grpo.json").unlink()  # as if stopped during GRPO
+    shutil.rmtree(copy / "grpo-ar-lopti")
+    (copy / "REPORT.md").unlink()
+    before = (copy / "pretrain" / "metrics.jsonl").stat().st_mtime_ns
+    assert main(["demo", "-o", str(copy), "--resume"]) == 0
+    again = json.loads((copy / "summary.json").read_text())
+    assert (copy / "pretrain" / "metrics.jsonl").stat().st_mtime_ns == before  # kept
+    assert again["size"] == "smoke" and again["command"] == s["command"]
+    for name, run in s["grpo"].items():
+        assert again["grpo"][name]["after"] == run["after"]
+        assert again["grpo"][name]["seconds"] != run["seconds"]  # it did run again
+    assert again["sft"] == s["sft"] and again["pretrain"] == s["pretrain"]
+
+
+def test_resume_refuses_a_different_experiment(demo, tmp_path, capsys):
+    out, _, _ = demo
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy, symlinks=True)
+    assert main(["demo", "-o", str(copy), "--resume", "--set", "ar_alpha=0.1"]) == 2
+    assert "ar_alpha" in capsys.readouterr().err
 
 
 # --- refusals and config errors (no training) -------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+from pathlib import Path
 
 from pmalopti.commands._common import add_config, add_output
 
@@ -43,24 +44,39 @@ def register(subparsers) -> None:
         "--smoke", action="store_true", help="tiny sizes: finishes in 1-2 minutes, learns little"
     )
     add_config(p)
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue DIR after an interruption: finished stages are kept, the rest re-run; "
+        "uses DIR/demo_config.yaml unless --config is given",
+    )
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from pmalopti.demo.config import load_demo_config
+    from pmalopti.commands._run_config import check_same_experiment
+    from pmalopti.config import ConfigError, load_config
+    from pmalopti.demo.config import DemoConfig, load_demo_config
     from pmalopti.demo.run import run_demo
 
     overrides = list(args.overrides)
     if args.seed is not None:
         overrides.append(f"seed={args.seed}")
-    cfg = load_demo_config(args.config, overrides, smoke=args.smoke)
+    saved = Path(args.output) / "demo_config.yaml"
+    if args.resume and not saved.is_file():
+        raise ConfigError(f"--resume: {saved} does not exist; is {args.output} a demo folder?")
+    if args.resume and args.config is None:
+        cfg = load_config(DemoConfig, saved, overrides)
+    else:
+        cfg = load_demo_config(args.config, overrides, smoke=args.smoke)
+    if args.resume:
+        check_same_experiment(load_config(DemoConfig, saved), cfg, allowed=())
     argv = ["pmalopti", "demo", "-o", args.output]
     argv += ["--smoke"] * args.smoke + (["--seed", str(args.seed)] if args.seed is not None else [])
     argv += (["--config", args.config] if args.config else []) + [
         x for o in args.overrides for x in ("--set", o)
     ]
     command = shlex.join(argv)
-    run_demo(
-        cfg, args.output, force=args.force, size="smoke" if args.smoke else "full", command=command
-    )
+    size = "smoke" if args.smoke else "full"
+    run_demo(cfg, args.output, force=args.force, resume=args.resume, size=size, command=command)
     return 0

@@ -8,7 +8,10 @@ from pathlib import Path
 
 from pmalopti.commands._common import add_force, add_merge_method, add_output
 
-HELP = "average checkpoints along a training run (PMA: SMA, EMA, WMA) into one HF model"
+HELP = (
+    "average checkpoints along a training run (PMA: SMA, EMA, WMA) into one model: HF folders, "
+    "or DCP checkpoints of torchtitan, OLMo-core, Megatron, accelerate"
+)
 
 EXAMPLES = """examples:
   pmalopti merge --example                                   # tiny run made locally, then merged
@@ -16,6 +19,8 @@ EXAMPLES = """examples:
   pmalopti merge --run-dir runs/tiny --last 4 --every-steps 200 --method ema --alpha 0.2 -o merged
   pmalopti merge --run-dir runs/tiny --before-spike 3000 --last 5 -o recover  # spike logged at 3000
   pmalopti merge ckpt-a ckpt-b model.safetensors --weights 1,2,3 --as-given --dtype bf16 -o merged
+  pmalopti merge --run-dir outputs/checkpoint --last 10 -o merged-dcp  # torchtitan step-N (DCP)
+  pmalopti merge --run-dir ckpts --last 4 --keep-non-model -o iter_0004000 # Megatron torch_dist
 """
 
 
@@ -42,7 +47,8 @@ def register(subparsers) -> None:
         "checkpoints",
         nargs="*",
         metavar="CKPT",
-        help="model folders or .safetensors files (ordered by their step where it is known)",
+        help="model folders, .safetensors files or DCP checkpoints (docs/merging-real-runs.md), "
+        "ordered by their step where it is known",
     )
     add_output(p, force=False, help="output model folder")
     p.add_argument(
@@ -100,6 +106,29 @@ def register(subparsers) -> None:
         "--read-ahead",
         metavar="SIZE",
         help="bytes in flight per input file (e.g. 16MiB) for network filesystems; default 1MiB",
+    )
+    dcp = p.add_argument_group(
+        "distributed checkpoints (torchtitan, OLMo-core, Megatron, accelerate)"
+    )
+    dcp.add_argument(
+        "--format",
+        choices=("dcp", "hf"),
+        help="output of a DCP merge: dcp (default; same keys and chunks, loadable with dcp.load) "
+        "or hf (safetensors folder, where the keys map to a HF model)",
+    )
+    dcp.add_argument(
+        "--keep-non-model",
+        action="store_true",
+        help="copy optimizer, scheduler, data-loader and step entries from the newest checkpoint "
+        "(for a resume; never averaged); default: dropped",
+    )
+    dcp.add_argument(
+        "--model-prefix",
+        metavar="P1,P2",
+        help="model keys are those starting with these prefixes (default: per layout)",
+    )
+    dcp.add_argument(
+        "--hf-config", metavar="DIR", help="--format hf: HF config (and tokenizer) folder"
     )
     add_force(how)
     how.add_argument("--dry-run", action="store_true", help="print the selection, merge nothing")
@@ -174,6 +203,11 @@ def run(args) -> int:
     if args.run_dir:
         notes += phase_notes(ckpts, stable_steps(args.run_dir))
     weights = spec.merge_weights(len(ckpts))
+    from pmalopti.pma.dcp_layout import detect_all
+
+    dcp_ckpts = detect_all([c.path for c in ckpts])
+    if dcp_ckpts is None and (args.format or args.keep_non_model or args.model_prefix):
+        raise UserError("--format, --keep-non-model and --model-prefix are for DCP checkpoints")
     shard_size = parse_count(args.shard_size, "--shard-size")
     if shard_size < 1:
         raise UserError("--shard-size must be positive")
@@ -188,6 +222,40 @@ def run(args) -> int:
     if not args.output:
         raise UserError("-o/--output OUT is required (or use --dry-run)")
 
+    record = {
+        "method": spec.method,
+        "alpha": spec.alpha,
+        "selection": {
+            "run_dir": str(Path(args.run_dir).resolve()) if args.run_dir else None,
+            "last": args.last,
+            "every_steps": args.every_steps,
+            "every": args.every,
+            "every_tokens": every_tokens,
+            "nearest": args.nearest,
+            "until": until,
+            "targets": sel.targets,
+        },
+    }
+    if dcp_ckpts is not None:
+        from pmalopti.pma.dcp_merge import merge_dcp
+
+        out = merge_dcp(
+            dcp_ckpts,
+            weights,
+            args.output,
+            dtype=args.dtype,
+            keep_non_model=args.keep_non_model,
+            model_prefix=args.model_prefix.split(",") if args.model_prefix else None,
+            out_format=args.format or "dcp",
+            hf_config=args.hf_config,
+            shard_size=shard_size,
+            force=args.force,
+            progress=not args.no_progress,
+            metadata=record,
+            tokens=[c.tokens for c in ckpts],
+        )
+        print(f"merged checkpoint ({args.format or 'dcp'}, {dcp_ckpts[-1].layout}): {out}")
+        return 0
     from pmalopti.pma.streaming import merge_checkpoints
 
     merge_checkpoints(
@@ -199,20 +267,7 @@ def run(args) -> int:
         force=args.force,
         progress=not args.no_progress and sys.stderr.isatty(),
         read_ahead=read_ahead,
-        metadata={
-            "method": spec.method,
-            "alpha": spec.alpha,
-            "selection": {
-                "run_dir": str(Path(args.run_dir).resolve()) if args.run_dir else None,
-                "last": args.last,
-                "every_steps": args.every_steps,
-                "every": args.every,
-                "every_tokens": every_tokens,
-                "nearest": args.nearest,
-                "until": until,
-                "targets": sel.targets,
-            },
-        },
+        metadata=record,
     )
     print(f"merged model: {Path(args.output).resolve()}")
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from pmalopti.commands._common import add_force, add_merge_method, add_output
+from pmalopti.commands._common import add_config, add_force, add_merge_method, add_output
 
 HELP = "recover from a loss spike: merge the N checkpoints before it (PMA-init) and resume"
 
@@ -64,14 +64,7 @@ def register(subparsers) -> None:
         default="fresh",
         help="--resume: fresh AdamW state (PMA-init, default) or the newest merged checkpoint's",
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="--resume: override a field of RUN/config.yaml, e.g. train.steps=800",
-    )
+    add_config(p)  # --resume: the run's config (default RUN/config.yaml) and --set overrides
     add_force(p)
     p.set_defaults(func=run)
 
@@ -112,6 +105,7 @@ def run(args) -> int:
             args.run_dir,
             resume_dir,
             optimizer=args.optimizer,
+            config=args.config,
             overrides=args.overrides,
             force=args.force,
         )

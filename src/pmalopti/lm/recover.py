@@ -85,13 +85,15 @@ def resume_from_merge(
     resume_dir: str | Path,
     *,
     optimizer: str = "fresh",
+    config: str | Path | None = None,
     overrides: Sequence[str] = (),
     force: bool = False,
 ):
     """Continue the run from the merged weights at the newest merged checkpoint's step.
 
     `optimizer="fresh"` is PMA-init as in the paper (new AdamW state); "newest" reuses the
-    optimizer state of the newest merged checkpoint.
+    optimizer state of the newest merged checkpoint. `config` replaces RUN/config.yaml, and
+    `overrides` (`--set`) apply on top.
     """
     import json
 
@@ -100,7 +102,7 @@ def resume_from_merge(
     from pmalopti.lm.pretrain import PretrainConfig, continue_run
 
     run_dir = Path(run_dir)
-    cfg = load_config(PretrainConfig, run_dir / "config.yaml", list(overrides))
+    cfg = load_config(PretrainConfig, config or run_dir / "config.yaml", list(overrides))
     step, newest = rec.merged[-1]
     state = json.loads((newest / "trainer_state.json").read_text(encoding="utf-8"))
     opt_state = None

@@ -17,7 +17,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-STEP_DIR = re.compile(r"^(?:checkpoint-|step)(\d+)$")
+from pmalopti.pma.dcp_layout import step_from_name
+
+# HF Trainer checkpoint-N, OLMo-core stepN, torchtitan step-N, Megatron iter_NNNNNNN.
+STEP_DIR = re.compile(r"^(?:checkpoint-|step-?|iter_)(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,8 @@ def describe(path: str | Path) -> Checkpoint:
     m = STEP_DIR.match(path.name)
     if step is None and m:
         step = int(m.group(1))
+    if step is None:  # a DCP sub-folder (OLMo-core model_and_optim/, pytorch_model_fsdp_0/)
+        step = step_from_name(path)
     return Checkpoint(path, step, tokens)
 
 
