@@ -94,5 +94,5 @@ def test_eval_refuses_negative_max_blocks_and_a_json_output_that_is_an_input(
     rc = main(["eval", str(paths[0]), "--data", str(data), "--max-blocks", "-1"])
     assert rc == 2 and "--max-blocks must be >= 0" in capsys.readouterr().err
     rc = main(["eval", str(paths[0]), "--data", str(data), "--json", str(data)])
-    assert rc == 2 and "would write into the input" in capsys.readouterr().err
+    assert rc == 2 and "is an input; choose another file" in capsys.readouterr().err
     assert data.read_bytes() == before
