@@ -38,6 +38,7 @@ RENDERERS = {
     "rl_fig1": lambda args: results.rl_fig1_table(args),
     "reward_worst_case": lambda args: results.reward_worst_case(),
     "hostile": lambda args: results.hostile_round(),
+    "merge_bench": lambda args: results.merge_benchmark(),
 }
 
 

@@ -14,46 +14,13 @@ from pathlib import Path
 import torch
 
 from pmalopti.lm.data import lm_batch, read_texts, tokenize_blocks
-from pmalopti.lm.loop import (
-    evaluate_batches,
-    list_checkpoints,
-    quiet_transformers,
-    resolve_device,
-)
+from pmalopti.lm.loss import evaluate_batches
 from pmalopti.lm.schedule import stable_range
-from pmalopti.models.tiny import load_tokenizer
 from pmalopti.pma.in_memory import merged_state_dict
-from pmalopti.pma.reader import CheckpointReader
 from pmalopti.pma.spec import MergeSpec
-
-
-def load_model(ckpt: str | Path, device: torch.device | str = "cpu"):
-    from transformers import AutoModelForCausalLM
-
-    from pmalopti.runtime.inputs import check_folder, one_line
-
-    ckpt = Path(ckpt)
-    if not (ckpt / "config.json").is_file():
-        raise FileNotFoundError(f"{ckpt} is not a Hugging Face model folder (no config.json)")
-    check_folder(ckpt)
-    # Our reader checks every header, index path and symlink (transformers would load a corrupt
-    # file with the missing weights freshly initialised, and print a report instead of failing).
-    with CheckpointReader(ckpt) as reader:
-        names = set(reader.specs)
-    try:
-        with quiet_transformers():
-            model = AutoModelForCausalLM.from_pretrained(str(ckpt), dtype=torch.float32)
-    except Exception as exc:  # transformers' errors span lines; one line naming the folder
-        raise ValueError(f"{ckpt}: cannot load the model ({one_line(exc)})") from None
-    expected = set(model.state_dict())
-    tied = {"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) else set()
-    missing, unexpected = sorted(expected - names - tied), sorted(names - expected)
-    if missing or unexpected:
-        raise ValueError(
-            f"{ckpt}: the weights do not fit its config.json (missing {missing[:3]}, "
-            f"unexpected {unexpected[:3]})"
-        )
-    return model.to(device)
+from pmalopti.runtime.checkpoint import list_checkpoints
+from pmalopti.runtime.device import resolve_device
+from pmalopti.runtime.hf import load_model, load_tokenizer
 
 
 def blocks_loss(model, blocks: torch.Tensor, batch_size: int, device: torch.device) -> float:

@@ -6,23 +6,21 @@ Llama or Qwen2 model, so everything downstream (save_pretrained, merging, genera
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Literal
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
     AutoModelForCausalLM,
-    AutoTokenizer,
     LlamaConfig,
     PretrainedConfig,
     PreTrainedModel,
-    PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
     Qwen2Config,
 )
+
+from pmalopti.runtime.hf import load_tokenizer  # noqa: F401  (its home; kept importable here)
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
@@ -110,40 +108,6 @@ def tiny_config(
         rms_norm_eps=1e-6,
         rope_theta=10000.0,
     )
-
-
-def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
-    """Load a checkpoint's tokenizer the way it was saved.
-
-    `AutoTokenizer` replaces a generic tokenizer with the model family's own class for some model
-    types (Qwen2 among them), which re-splits text differently from the tokenizer a tiny model
-    was trained with. A folder whose `tokenizer_config.json` names the generic class loads as that.
-    """
-    from pmalopti.runtime.inputs import check_folder, one_line
-
-    folder = Path(path)
-    check_folder(folder)
-    if folder.is_dir() and not any(
-        any(folder.glob(p)) for p in ("tokenizer*", "vocab.*", "merges.txt", "*.model")
-    ):
-        raise FileNotFoundError(
-            f"no tokenizer files in {folder} (tokenizer.json, tokenizer_config.json, vocab.*, ...)"
-        )
-    cfg_file = folder / "tokenizer_config.json"
-    try:
-        if cfg_file.is_file():
-            try:
-                cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise ValueError(f"{cfg_file}: not valid JSON ({one_line(exc)})") from None
-            cls = cfg.get("tokenizer_class") if isinstance(cfg, dict) else None
-            if cls in ("TokenizersBackend", "PreTrainedTokenizerFast"):
-                return PreTrainedTokenizerFast.from_pretrained(str(path))
-        return AutoTokenizer.from_pretrained(str(path))
-    except (ValueError, FileNotFoundError):
-        raise
-    except Exception as exc:  # transformers' errors are long and sometimes name the wrong cause
-        raise ValueError(f"{folder}: cannot load the tokenizer ({one_line(exc)})") from None
 
 
 def build_tiny_model(

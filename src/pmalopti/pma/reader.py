@@ -9,7 +9,6 @@ depend on how many checkpoints are open. `.bin` files have no header: they are o
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import threading
@@ -25,48 +24,13 @@ from pmalopti.pma.safetensors_format import (
     pread_into,
     read_header,
 )
-from pmalopti.runtime.inputs import file_inside
+from pmalopti.runtime.fs import read_json
+from pmalopti.runtime.inputs import file_inside, index_files
 
 ST_INDEX = "model.safetensors.index.json"
 ST_SINGLE = "model.safetensors"
 BIN_INDEX = "pytorch_model.bin.index.json"
 BIN_SINGLE = "pytorch_model.bin"
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    except UnicodeDecodeError:
-        raise ValueError(f"{path}: not valid JSON (not UTF-8 text)") from None
-    except OSError as exc:
-        raise ValueError(f"{path}: cannot read ({exc.strerror or type(exc).__name__})") from None
-
-
-def index_files(folder: Path, index_name: str) -> dict[str, Path]:
-    """tensor name -> shard file, from a HF index; every shard it names must exist in `folder`."""
-    index = _read_json(file_inside(folder, index_name, what="index"))
-    wmap = index.get("weight_map") if isinstance(index, dict) else None
-    if not isinstance(wmap, dict) or not wmap:
-        raise ValueError(f"{folder / index_name}: no 'weight_map' in the index")
-    out = {}
-    for name, fname in wmap.items():
-        if not isinstance(fname, str):
-            raise ValueError(
-                f"{folder / index_name}: weight_map[{name!r}] is a {type(fname).__name__}, "
-                "not a file name"
-            )
-        try:
-            f = file_inside(folder, fname, what="shard")
-        except ValueError as exc:
-            raise ValueError(f"{folder / index_name}: weight_map[{name!r}]: {exc}") from None
-        if not f.is_file():
-            raise FileNotFoundError(
-                f"{folder / index_name}: shard {fname} (for {name!r}) is missing"
-            )
-        out[name] = f
-    return out
 
 
 def _load_bin(path: Path) -> dict[str, torch.Tensor]:
@@ -109,7 +73,7 @@ class CheckpointReader:
         self.config: dict[str, Any] | None = None
         if self.model_dir and (self.model_dir / "config.json").is_file():
             config_file = file_inside(self.model_dir, "config.json", what="config")
-            self.config = _read_json(config_file)
+            self.config = read_json(config_file)
             if not isinstance(self.config, dict):
                 raise ValueError(f"{config_file}: not a JSON object")
         self._stored: dict[str, StoredTensor] = {}

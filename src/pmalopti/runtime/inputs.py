@@ -67,3 +67,30 @@ def one_line(exc: BaseException, limit: int = 300) -> str:
     """The first line of an exception's message, shortened: for wrapping a library's error."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def index_files(folder: str | Path, index_name: str) -> dict[str, Path]:
+    """tensor name -> shard file, from a Hugging Face index (`model.safetensors.index.json`);
+    every shard it names must be a file inside `folder`."""
+    from pmalopti.runtime.fs import read_json
+
+    folder = Path(folder)
+    where = folder / index_name
+    index = read_json(file_inside(folder, index_name, what="index"))
+    wmap = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(wmap, dict) or not wmap:
+        raise ValueError(f"{where}: no 'weight_map' in the index")
+    out = {}
+    for name, fname in wmap.items():
+        if not isinstance(fname, str):
+            raise ValueError(
+                f"{where}: weight_map[{name!r}] is a {type(fname).__name__}, not a file name"
+            )
+        try:
+            f = file_inside(folder, fname, what="shard")
+        except ValueError as exc:
+            raise ValueError(f"{where}: weight_map[{name!r}]: {exc}") from None
+        if not f.is_file():
+            raise FileNotFoundError(f"{where}: shard {fname} (for {name!r}) is missing")
+        out[name] = f
+    return out
