@@ -36,6 +36,8 @@ RENDERERS = {
     "spike": lambda args: results.spike_table(),
     "rl_kk": lambda args: results.rl_table(args),
     "rl_fig1": lambda args: results.rl_fig1_table(args),
+    "merge_bench": lambda args: results.merge_benchmark(),
+    "threads_bench": lambda args: results.threads_benchmark(),
 }
 
 
