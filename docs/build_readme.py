@@ -40,6 +40,7 @@ RENDERERS = {
     "hostile": lambda args: results.hostile_round(),
     "rl_effect": lambda args: results.rl_effect_sentence(),
     "merge_bench": lambda args: results.merge_benchmark(),
+    "threads_bench": lambda args: results.threads_benchmark(),
     "merge_dcp": lambda args: results.merge_dcp_table(),
     "online_write": lambda args: results.online_write_table(),
 }

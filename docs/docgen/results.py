@@ -302,6 +302,23 @@ def merge_benchmark_sentence() -> str:
     return text
 
 
+def threads_benchmark() -> str:
+    """benchmarks/threads_under_load.py: median step time per condition and loaded / quiet."""
+    b = load("benchmarks/results/threads_under_load.json")
+    rows = [
+        [name, f"{c['median_s']:.1f}", ", ".join(f"{x:.0f}" for x in c["load_avg_1min_before"])]
+        for name, c in b["conditions"].items()
+    ]
+    ratio = "; ".join(f"{k} {v:.2f}" for k, v in b["loaded_over_quiet"].items())
+    line = (
+        f"{b['steps']} steps, median of {b['repeats']}, {b['machine']}; auto = "
+        f"{b['auto_threads_on_these_cores']} thread(s) there. Loaded / quiet: {ratio} "
+        f"(goal {b['goal'].split('<= ')[-1]})"
+    )
+    headers = ["threads / condition", f"{b['steps']} steps (s)", "load average before"]
+    return _table(headers, rows) + "\n\n" + line + "."
+
+
 RL_EFFECT = "experiments/rl_effect/summary.json"
 RL_EFFECT_LABELS = {"ar": "+ AR", "lopti": "+ Lopti", "ar_lopti": "+ AR + Lopti"}
 
