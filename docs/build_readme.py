@@ -36,7 +36,10 @@ RENDERERS = {
     "spike": lambda args: results.spike_table(),
     "rl_kk": lambda args: results.rl_table(args),
     "rl_fig1": lambda args: results.rl_fig1_table(args),
+    "rl_effect": lambda args: results.rl_effect_sentence(),
     "merge_bench": lambda args: results.merge_benchmark(),
+    "merge_dcp": lambda args: results.merge_dcp_table(),
+    "online_write": lambda args: results.online_write_table(),
 }
 
 
