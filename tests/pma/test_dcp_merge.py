@@ -296,3 +296,16 @@ def test_inputs_saved_with_another_world_size_are_resharded_to_the_newest_chunks
     for k, ref in reference.items():
         torch.testing.assert_close(merged[k].double(), ref, rtol=1e-6, atol=1e-7)
         assert len(DcpSource(out).tensor(k).chunks) == 1  # the newest input's chunking
+
+
+def test_dcp_options_on_hugging_face_inputs_are_refused(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    for s in (1, 2):
+        (tmp_path / f"checkpoint-{s}").mkdir()
+        save_file(
+            {"w": torch.full((2,), float(s))}, tmp_path / f"checkpoint-{s}" / "model.safetensors"
+        )
+    paths = [str(tmp_path / f"checkpoint-{s}") for s in (1, 2)]
+    code, line = run_cli(["merge", *paths, "--keep-non-model", "-o", str(tmp_path / "o")], capsys)
+    assert code == 2 and "are for DCP checkpoints" in line
