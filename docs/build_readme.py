@@ -36,6 +36,8 @@ RENDERERS = {
     "spike": lambda args: results.spike_table(),
     "rl_kk": lambda args: results.rl_table(args),
     "rl_fig1": lambda args: results.rl_fig1_table(args),
+    "reward_worst_case": lambda args: results.reward_worst_case(),
+    "hostile": lambda args: results.hostile_round(),
     "rl_effect": lambda args: results.rl_effect_sentence(),
     "merge_bench": lambda args: results.merge_benchmark(),
     "threads_bench": lambda args: results.threads_benchmark(),

@@ -372,6 +372,38 @@ def readme_results() -> str:
     return "\n".join(lines)
 
 
+# --- hostile inputs ----------------------------------------------------------------------------
+
+
+def reward_worst_case() -> str:
+    """The math reward's worst case per response (benchmarks/reward_worst_case.py)."""
+    res = load("benchmarks/results/reward_worst_case.json")
+    h, legit = res["hostile"], res["legit"]
+    return (
+        f"Measured by `python benchmarks/reward_worst_case.py` "
+        f"([result](../benchmarks/results/reward_worst_case.json), {res['cpus']} cores, load "
+        f"{res['load_avg']}): over {h['cases']} hostile responses the worst case per response is "
+        f"{h['main_thread']['worst_s']} s from the main thread and "
+        f"{h['worker_thread']['worst_s']} s from a worker thread ({h['screened']} refused by the "
+        f"screen; {h['timed_out_calls']} of the {2 * h['cases']} calls stopped by the "
+        f"{res['timeout_s']} s deadline and scored 0); {legit['correct']} of {legit['cases']} "
+        f"legitimate answers score 1, the slowest in {legit['worst_s']} s."
+    )
+
+
+def hostile_round() -> str:
+    """The hostile-input round's figures (tests/hostile/make_results.py)."""
+    r = load("tests/hostile/results.json")
+    c = r["counts"]
+    return (
+        f"{r['cases']} cases tried across every command, {r['held']} held: "
+        f"{c['clear error']} clear errors and {c['handled']} cases handled; "
+        f"{c['traceback']} tracebacks, {c['unclear error']} unclear errors, "
+        f"{c['data lost']} with data lost, {c['leak']} leaks "
+        f"([details](../tests/hostile/RESULTS.md))."
+    )
+
+
 # --- GPU check ---------------------------------------------------------------------------------
 
 
