@@ -1353,11 +1353,3 @@ add(
         ws.inputs,
     ),
 )
-
-
-# --- waiting on other parts of the work --------------------------------------------------------
-
-for _how in ("--method bogus", "--method ema:x"):
-    XFAIL[f"recover: {_how}"] = (
-        "argparse's own errors print the usage line too (the parser is helper cli's part)"
-    )
