@@ -1249,6 +1249,32 @@ add(
         ws.path("out"),
     ),
 )
+MATH_FILES = {
+    "not UTF-8": ("m.jsonl", b"\xff\xfe\n"),
+    "a line that is not JSON": ("m.jsonl", b'{"problem": "1+1", "answer": "2"}\n{oops\n'),
+    "a row without an answer": ("m.jsonl", b'{"problem": "1+1"}\n'),
+    "a row that is a list": ("m.jsonl", b"[1]\n"),
+    "a .json that is not a list": ("m.json", b'{"problem": "1+1"}'),
+    "JSON nested 100000 deep": ("m.json", b"[" * 100_000 + b"]" * 100_000),
+    "an unknown suffix": ("m.csv", b"problem,answer\n1+1,2\n"),
+}
+for how, (name, data) in MATH_FILES.items():
+    add(
+        f"grpo: math task file {how}",
+        lambda ws, name=name, data=data: Call(
+            [
+                "grpo",
+                "--set",
+                "task.name=math",
+                "--set",
+                f"task.train_path={ws.write(name, data)}",
+                "--output-dir",
+                str(ws.path("out")),
+            ],
+            ws.inputs,
+            ws.path("out"),
+        ),
+    )
 add(
     "grpo: --resume without a run",
     lambda ws: Call(
