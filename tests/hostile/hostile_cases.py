@@ -17,10 +17,3 @@ import cases_training  # noqa: F401
 from hostile_registry import CASES, XFAIL
 
 __all__ = ["CASES", "XFAIL"]
-
-# --- waiting on other parts of the work --------------------------------------------------------
-
-for _how in ("--method bogus", "--method ema:x"):
-    XFAIL[f"recover: {_how}"] = (
-        "argparse's own errors print the usage line too (the parser is helper cli's part)"
-    )
