@@ -9,3 +9,7 @@ class UserError(Exception):
 
 class OutputError(UserError, FileExistsError):
     """An output path that may not be written (exists, is an input, is `.`, not pmalopti's)."""
+
+
+class ConfigError(UserError, ValueError):
+    """A config field that does not exist or has a bad value, or a config file that is bad."""
