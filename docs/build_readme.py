@@ -1,80 +1,86 @@
-"""Assemble README.md from docs/readme/*.md (sorted by name) and the file tree.
+"""Generate README.md and every generated part of docs/ from the code and the committed results.
 
-    python docs/build_readme.py          # rewrite README.md
-    python docs/build_readme.py --check  # exit 1 if README.md is out of date (a test runs this)
+    python docs/build_readme.py          # rewrite README.md, docs/config-reference.md, docs/*.md blocks
+    python docs/build_readme.py --check  # exit 1 naming what is out of date (a test runs this)
 
-The file tree lists every source file with the first line of its module docstring.
+README.md is docs/readme/*.md (sorted by name) joined. Any page may hold generated blocks,
+`<!-- gen:KIND ARGS -->` ... `<!-- /gen -->`, re-rendered from their source on every run:
+the command table and option tables from `pmalopti.cli.build_parser()`, the package table from
+the packages' docstrings, result tables and sentences from committed result files
+(docs/docgen/results.py). docs/config-reference.md is generated whole from the config dataclasses.
+Run it after changing a command, a config field, a package docstring or a result file.
 """
 
 from __future__ import annotations
 
-import ast
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "src"), str(ROOT / "docs")]
+
+from docgen import blocks, cli_tables, configs, layout, results  # noqa: E402
+
 PARTS = ROOT / "docs" / "readme"
-TREE_DIRS = ["src/pmalopti", "benchmarks", "examples", "experiments", "configs", "tests"]
+README = ROOT / "README.md"
+CONFIG_REFERENCE = ROOT / "docs" / "config-reference.md"
+
+RENDERERS = {
+    "commands": lambda args: cli_tables.command_table(),
+    "options": lambda args: cli_tables.options_table(args),
+    "packages": lambda args: layout.package_table(),
+    "tree": lambda args: layout.file_tree(),
+    "results": lambda args: results.readme_results(),
+    "pma_grid": lambda args: results.pma_grid_table(*args),
+    "pma_tiny": lambda args: results.pma_tiny_table(),
+    "spike": lambda args: results.spike_table(),
+    "rl_kk": lambda args: results.rl_table(args),
+    "rl_fig1": lambda args: results.rl_fig1_table(args),
+}
 
 
-def _describe(path: Path) -> str:
-    if path.suffix == ".py":
-        try:
-            doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8")))
-        except SyntaxError:
-            doc = None
-        return (doc or "").strip().splitlines()[0] if doc else ""
-    if path.suffix in (".yaml", ".yml"):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.startswith("#"):
-                return line.lstrip("# ").strip()
-        return ""
-    if path.name == "README.md":
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.startswith("#"):
-                return line.lstrip("# ").strip()
-    return ""
+def render(kind: str, args: list[str]) -> str:
+    if kind not in RENDERERS:
+        raise KeyError(f"unknown generated block kind {kind!r}; known: {sorted(RENDERERS)}")
+    return RENDERERS[kind](args)
 
 
-def file_tree() -> str:
-    lines = ["## Files", "", "One line per file (the first line of its docstring or comment).", ""]
-    lines.append("```")
-    for top in TREE_DIRS:
-        base = ROOT / top
-        if not base.exists():
+def readme_source() -> str:
+    """The README's parts joined, blocks as they stand in the parts."""
+    return "\n".join(
+        p.read_text(encoding="utf-8").strip() + "\n" for p in sorted(PARTS.glob("*.md"))
+    )
+
+
+def outputs() -> dict[Path, str]:
+    """Every generated file and page, as it should be now."""
+    out = {README: blocks.fill(readme_source(), render)}
+    for page in sorted((ROOT / "docs").glob("*.md")):
+        if page == CONFIG_REFERENCE:
             continue
-        files = sorted(
-            p
-            for p in base.rglob("*")
-            if p.is_file()
-            and "__pycache__" not in p.parts
-            and p.suffix in (".py", ".yaml", ".yml", ".sh", ".md")
-            and not (p.name == "__init__.py" and not _describe(p))
-        )
-        if top in ("tests", "experiments"):
-            files = [p for p in files if p.suffix in (".py", ".md") and p.name != "conftest.py"]
-        for p in files:
-            rel = p.relative_to(ROOT).as_posix()
-            desc = _describe(p)
-            lines.append(f"{rel:<48} {desc}".rstrip() if desc else rel)
-    lines.append("```")
-    return "\n".join(lines) + "\n"
-
-
-def build() -> str:
-    parts = [p.read_text(encoding="utf-8").strip() + "\n" for p in sorted(PARTS.glob("*.md"))]
-    return "\n".join([*parts, file_tree()])
+        out[page] = blocks.fill(page.read_text(encoding="utf-8"), render)
+    out[CONFIG_REFERENCE] = configs.reference_page()
+    return out
 
 
 def main(argv: list[str]) -> int:
-    text = build()
-    readme = ROOT / "README.md"
-    if "--check" in argv:
-        if readme.read_text(encoding="utf-8") != text:
-            print("README.md is out of date: run python docs/build_readme.py", file=sys.stderr)
-            return 1
-        return 0
-    readme.write_text(text, encoding="utf-8")
+    stale = []
+    for path, text in outputs().items():
+        current = path.read_text(encoding="utf-8") if path.exists() else None
+        if current == text:
+            continue
+        if "--check" in argv:
+            where = blocks.stale_blocks(current, render) if current else []
+            detail = f" (blocks: {', '.join(where)})" if where else ""
+            stale.append(f"{path.relative_to(ROOT)}{detail}")
+        else:
+            path.write_text(text, encoding="utf-8")
+    if stale:
+        print(
+            "out of date: " + "; ".join(stale) + "\nrun: python docs/build_readme.py",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

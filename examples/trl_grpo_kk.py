@@ -3,23 +3,27 @@
     pmalopti kk generate --people 3 --people-max 7 --n 5000 -o kk_train.parquet
     accelerate launch --config_file zero2.yaml --num_processes 4 examples/trl_grpo_kk.py \\
         --model Qwen/Qwen2.5-3B-Instruct --train-file kk_train.parquet --output-dir runs/kk-ar-lopti \\
-        --eval-files shared/data/kk/*ppl_test.parquet
+        --eval-files shared/data/kk/*ppl_test.parquet --report-to tensorboard
+    # continue after an interruption, from the newest checkpoint-<step> in --output-dir:
+    accelerate launch ... examples/trl_grpo_kk.py ... --resume
 
 (`zero2.yaml`: TRL's `trl/accelerate_configs/zero2.yaml`, shipped inside the installed package.)
 
 Settings (the official AR-Lopti script `train_kklogic_AR-Lopti_4x80GB.sh`, verl):
 64 prompts × 8 rollouts per generation batch at T = 0.7; minibatch 256 responses, so 2 optimizer
 steps per sweep (4 per generation batch with Lopti); AdamW lr 1e-6, weight decay 0.01, constant
-LR; ε_low 0.2, ε_high 0.24; KL to the initial model, k3, β = 1e-3; token-mean loss (TRL
-"dapo"); α = 0.3, η = 0.5; 4096 response tokens; 5 epochs.
+LR; ε_low 0.2, ε_high 0.24, dual clip c = 10 (TRL's `delta`); KL to the initial model, k3,
+β = 1e-3; token-mean loss (TRL "dapo"); α = 0.3, η = 0.5; 4096 response tokens; 5 epochs.
 
 Memory: float32 weights + AdamW for a 3B model need ZeRO-2/3 (DeepSpeed) or FSDP across the
 4 GPUs, e.g. an accelerate config with `distributed_type: DEEPSPEED`, `zero_stage: 2` (TRL ships
 configs in `trl/accelerate_configs/`).
 
 How this differs from the paper's verl run:
-- TRL's clipped loss has no dual clip (verl's c = 10 caps −Â·ratio for Â < 0); with at most
-  four optimizer steps per generation batch the ratio rarely gets near 10.
+- Loss normalisation: TRL's "dapo" divides by the response tokens of the whole generation batch
+  scaled to one minibatch; the authors' code takes the token-mean per micro-batch and divides
+  by the accumulation steps (pmalopti's verl loss has that as `micro_token_mean`; TRL decides its
+  own). TRL's k3 KL has no log-ratio clamp (the authors clamp at ±5).
 - `use_bias_correction_kl=False`: TRL's default multiplies the KL term by the ratio; verl does not.
 - Training puzzles: generated here (or any file in the published layout, e.g. Logic-RL's
   `merge_34567ppl` training set), not necessarily the paper's exact set.
@@ -32,8 +36,13 @@ How this differs from the paper's verl run:
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import sys
 from pathlib import Path
+
+REPORT_TO = ("none", "tensorboard", "wandb")
+LATEST = "latest"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -55,7 +64,46 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-completion-length", type=int, default=4096)
     p.add_argument("--use-vllm", action="store_true", help="generate with vLLM (colocate mode)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save-steps", type=int, default=50, help="checkpoint every N steps")
+    p.add_argument(
+        "--report-to",
+        choices=REPORT_TO,
+        default="none",
+        help="metrics backend: none, tensorboard (<output-dir>/runs) or wandb (installed, logged in)",
+    )
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const=LATEST,
+        default=None,
+        metavar="CHECKPOINT",
+        help="resume training: alone, from the newest checkpoint-<step> in --output-dir; "
+        "or from the given checkpoint folder",
+    )
     return p.parse_args(argv)
+
+
+def resume_checkpoint(args: argparse.Namespace) -> str | None:
+    """The checkpoint folder `--resume` names (None without it); an error if there is none."""
+    if args.resume is None:
+        return None
+    if args.resume != LATEST:
+        path = Path(args.resume)
+        if not (path / "trainer_state.json").is_file():
+            _fail(f"--resume {path}: not a Trainer checkpoint (no trainer_state.json)")
+        return str(path)
+    from transformers.trainer_utils import get_last_checkpoint
+
+    last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+    if last is None:
+        _fail(f"--resume: no checkpoint-<step> folder in {args.output_dir}")
+    return last
+
+
+def _fail(message: str) -> None:
+    """One line on stderr, exit code 2 (bad input)."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def build_config(args: argparse.Namespace, num_processes: int):
@@ -74,13 +122,17 @@ def build_config(args: argparse.Namespace, num_processes: int):
         raise ValueError(
             f"prompts × rollouts ({generation_batch}) is not a multiple of --minibatch {args.minibatch}"
         )
+    if args.report_to != "none" and importlib.util.find_spec(args.report_to) is None:
+        _fail(
+            f"--report-to {args.report_to}: the package is not installed (pip install {args.report_to})"
+        )
     lopti = args.lopti_eta > 0
     return LoptiGRPOConfig(
         output_dir=args.output_dir,
         ar_alpha=args.ar_alpha,
+        # Lopti's two sweeps are TRL's two replays of the generation batch (num_iterations = 2,
+        # set by LoptiGRPOConfig from lopti_eta).
         lopti_eta=args.lopti_eta if lopti else None,
-        # Lopti's two sweeps are TRL's two replays of the generation batch.
-        num_iterations=2 if lopti else 1,
         num_generations=args.rollouts,
         per_device_train_batch_size=args.per_device_batch,
         gradient_accumulation_steps=args.minibatch // per_step,
@@ -92,6 +144,7 @@ def build_config(args: argparse.Namespace, num_processes: int):
         weight_decay=0.01,
         epsilon=0.2,
         epsilon_high=0.24,
+        delta=10.0,  # TRL's two-sided clip is the paper's dual clip c = 10
         beta=1e-3,
         use_bias_correction_kl=False,
         loss_type="dapo",  # token-mean over the minibatch's response tokens
@@ -103,8 +156,8 @@ def build_config(args: argparse.Namespace, num_processes: int):
         use_vllm=args.use_vllm,
         vllm_mode="colocate",
         logging_steps=1,
-        save_steps=50,
-        report_to="none",
+        save_steps=args.save_steps,
+        report_to=args.report_to,
         seed=args.seed,
     )
 
@@ -167,6 +220,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     state = PartialState()
     config = build_config(args, state.num_processes)
+    resume = resume_checkpoint(args)
     tokenizer = load_tokenizer(args.model)
     tokenizer.padding_side = "left"
     task = get_task("kk", people=3, people_max=7)
@@ -184,7 +238,7 @@ def main(argv: list[str] | None = None) -> None:
         args=config,
         train_dataset=kk_dataset(task, samples, tokenizer),
     )
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(args.output_dir)
     if args.eval_files and state.is_main_process:
         out = Path(args.output_dir) / "eval"

@@ -1,14 +1,19 @@
-"""Dataclass configs: YAML loading, dotted `--set a.b=c` overrides, validation.
+"""Dataclass configs: the one loader (YAML files, dotted `--set a.b=c` overrides) and bounds.
 
 A config is a (nested) dataclass whose fields carry a docstring each (the string literal right
-below the field). `load_config(Cls, path, overrides)` builds one from YAML and overrides, checking
-every key and value on the way; errors name the dotted field and say what is allowed.
-Range checks live in each dataclass's `__post_init__`, so a config is valid once constructed.
+below the field). `load_config(Cls, paths, overrides)` builds one from the defaults, YAML files
+and overrides, checking every key and value on the way; errors name the dotted field and say
+what is allowed. Bounds are declared once, on the field: `lr: float = bounded(1e-3, gt=0)`;
+the loader checks them before the dataclass is constructed (its `__post_init__` then only checks
+relations between fields). Everywhere: floats must be finite, integers must fit in 64 bits.
+YAML input is bounded in size (`MAX_YAML_BYTES`) and in alias expansion (`MAX_YAML_NODES`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 import types
 import typing
 from pathlib import Path
@@ -16,13 +21,113 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
 
+from pmalopti.errors import UserError
 from pmalopti.runtime.fs import atomic_write_text
 
 T = TypeVar("T")
 
+MAX_YAML_BYTES = 1 << 20
+"""largest YAML config file read (1 MiB)"""
+MAX_YAML_NODES = 100_000
+"""most values a YAML document may hold once its aliases are expanded (refuses alias bombs)"""
+MAX_YAML_DEPTH = 64
+"""deepest nesting of a YAML document"""
+MAX_THREADS = 4 * (os.cpu_count() or 1)
+"""most CPU threads a config may ask torch for (far more than the cores only slows it down)"""
+SEED = {"ge": 0, "lt": 2**32}
+"""bounds of a seed field: `seed: int = bounded(0, **SEED)`"""
+_INT64 = 2**63
 
-class ConfigError(ValueError):
-    """A config field that does not exist or has a bad value."""
+
+class ConfigError(UserError, ValueError):
+    """A config field that does not exist or has a bad value, or a config file that is bad."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Bounds:
+    """Range of a numeric field (or of each item of a list field), and a list's length."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    length: int | None = None
+
+    def describe(self) -> str:
+        lo = (
+            f"[{self.ge:g}"
+            if self.ge is not None
+            else f"({self.gt:g}"
+            if self.gt is not None
+            else ""
+        )
+        hi = (
+            f"{self.le:g}]"
+            if self.le is not None
+            else f"{self.lt:g})"
+            if self.lt is not None
+            else ""
+        )
+        if lo and hi:
+            return f"in {lo}, {hi}"
+        if lo:
+            return (">= " if lo[0] == "[" else "> ") + lo[1:]
+        return ("<= " if hi[-1] == "]" else "< ") + hi[:-1]
+
+    def ok(self, v: float) -> bool:
+        return not (
+            (self.ge is not None and v < self.ge)
+            or (self.gt is not None and v <= self.gt)
+            or (self.le is not None and v > self.le)
+            or (self.lt is not None and v >= self.lt)
+        )
+
+
+def bounded(
+    default: Any = dataclasses.MISSING,
+    *,
+    default_factory: Any = dataclasses.MISSING,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    length: int | None = None,
+) -> Any:
+    """A dataclass field with bounds, checked by `load_config` (and `check_bounds`):
+    `ge`/`gt`/`le`/`lt` for a number or for each number in a list; `length` for a list."""
+    return dataclasses.field(
+        default=default,
+        default_factory=default_factory,
+        metadata={"bounds": Bounds(ge=ge, gt=gt, le=le, lt=lt, length=length)},
+    )
+
+
+def _check_field(value: Any, bounds: Bounds, where: str) -> None:
+    if value is None:
+        return
+    items = value if isinstance(value, list | tuple) else [value]
+    if (
+        bounds.length is not None
+        and isinstance(value, list | tuple)
+        and len(value) != bounds.length
+    ):
+        raise ConfigError(f"{where} must have {bounds.length} values, got {len(value)}")
+    if any(b is not None for b in (bounds.ge, bounds.gt, bounds.le, bounds.lt)):
+        for v in items:
+            if isinstance(v, int | float) and not isinstance(v, bool) and not bounds.ok(v):
+                raise ConfigError(f"{where} must be {bounds.describe()}, got {value!r}")
+
+
+def check_bounds(cfg: Any, where: str = "") -> None:
+    """Check the declared bounds of every field of a built config, nested ones included
+    (the loader does this; call it on a config built in Python or changed with `replace`)."""
+    for f in dataclasses.fields(cfg):
+        path = f"{where}.{f.name}" if where else f.name
+        value = getattr(cfg, f.name)
+        if "bounds" in f.metadata:
+            _check_field(value, f.metadata["bounds"], path)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            check_bounds(value, path)
 
 
 def _type_name(tp: Any) -> str:
@@ -62,7 +167,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         out = [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
         return out if origin is list else tuple(out)
-    if origin is dict:
+    if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         return dict(value)
@@ -82,19 +187,30 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | float | str):
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         try:
-            f = float(value)
+            n = int(value) if not isinstance(value, float) else None
         except ValueError:
-            raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
-        if f != int(f):
+            n = None
+        if n is None:
+            try:
+                f = float(value)
+                n = int(f) if f == int(f) else None
+            except (ValueError, OverflowError):
+                n = None
+        if n is None:
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return int(f)
+        if not -_INT64 <= n < _INT64:
+            raise ConfigError(f"{where}: {value!r} is too large for a 64-bit integer")
+        return n
     if tp is float:
         if isinstance(value, bool):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         try:
-            return float(value)
-        except (TypeError, ValueError):
+            f = float(value)
+        except (TypeError, ValueError, OverflowError):
             raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+        if not math.isfinite(f):
+            raise ConfigError(f"{where}: must be a finite number, got {value!r}")
+        return f
     if tp is str:
         if value is None or isinstance(value, dict | list):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
@@ -118,12 +234,70 @@ def _build(cls: type[T], data: dict, where: str = "") -> T:
     for name, value in data.items():
         path = f"{where}.{name}" if where else name
         kwargs[name] = _coerce(value, hints[name], path)
+        if "bounds" in fields[name].metadata:
+            _check_field(kwargs[name], fields[name].metadata["bounds"], path)
     try:
         return cls(**kwargs)
     except ConfigError:
         raise
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"{where or cls.__name__}: {exc}") from None
+
+
+def _check_size(tree: Any, where: str) -> None:
+    """Refuse a YAML document that is too deep or expands (through aliases) to too many values.
+
+    The walk counts each visit, so a shared (aliased) subtree counts once per reference, as it
+    would when the config is saved or copied; it stops at the limit, so it is cheap on a bomb.
+    """
+    stack, count = [(tree, 0)], 0
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        if count > MAX_YAML_NODES:
+            raise ConfigError(
+                f"{where}: expands to more than {MAX_YAML_NODES} values (YAML aliases?); refused"
+            )
+        if depth > MAX_YAML_DEPTH:
+            raise ConfigError(f"{where}: nested deeper than {MAX_YAML_DEPTH} levels; refused")
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for kv in node.items() for v in kv)
+        elif isinstance(node, list | tuple | set):
+            stack.extend((v, depth + 1) for v in node)
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """Parse YAML text safely (no Python objects), bounded in size, depth and alias expansion;
+    errors are ConfigError naming `where` (a file, or a --set item)."""
+    if len(text.encode("utf-8", "replace")) > MAX_YAML_BYTES:
+        raise ConfigError(f"{where}: larger than {MAX_YAML_BYTES} bytes; refused")
+    try:
+        tree = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{where} is not valid YAML{at}: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: nested too deeply; refused") from None
+    _check_size(tree, where)
+    return tree
+
+
+def read_yaml(path: str | Path, what: str = "config file") -> Any:
+    """`parse_yaml` of a file, checked to be a regular file of bounded size first."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{what} {path} does not exist")
+    if not path.is_file():
+        raise ConfigError(f"{what} {path} is not a file")
+    if path.stat().st_size > MAX_YAML_BYTES:
+        raise ConfigError(f"{what} {path}: larger than {MAX_YAML_BYTES} bytes; refused")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} {path} is not UTF-8 text") from None
+    return parse_yaml(text, f"{what} {path}")
 
 
 def parse_overrides(overrides: list[str]) -> dict:
@@ -137,8 +311,10 @@ def parse_overrides(overrides: list[str]) -> dict:
         if not key or any(not part for part in key.split(".")):
             raise ConfigError(f"--set {item!r}: bad key {key!r}")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
+            value = parse_yaml(raw, f"--set {key}") if raw.strip() else ""
+        except ConfigError as exc:
+            if "refused" in str(exc):
+                raise
             value = raw
         node = tree
         parts = key.split(".")
@@ -172,31 +348,45 @@ def to_dict(cfg: Any) -> Any:
     return cfg
 
 
-def load_config(
-    cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None
-) -> T:
-    """Defaults of `cls`, updated by the YAML file at `path`, then by `--set` overrides."""
-    data: dict = to_dict(cls())  # type: ignore[call-arg]
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+def defaults(cls: type) -> dict:
+    """The defaults of `cls` as a plain dict, without constructing `cls` itself (its
+    `__post_init__` may refuse its bare defaults, e.g. a preset that only a file completes)."""
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = to_dict(f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = to_dict(f.default_factory())
+        elif dataclasses.is_dataclass(hints[f.name]):
+            out[f.name] = defaults(hints[f.name])
+    return out
+
+
+Paths = str | Path | list[str | Path] | tuple[str | Path, ...] | None
+
+
+def load_config(cls: type[T], path: Paths = None, overrides: list[str] | None = None) -> T:
+    """Defaults of `cls`, updated by each YAML file in `path` (one or a list, in order), then by
+    `--set` overrides; bounds and choices are checked while the config is built."""
+    data: dict = defaults(cls)
+    paths = [] if path is None else list(path) if isinstance(path, list | tuple) else [path]
+    for p in paths:
+        loaded = read_yaml(p) or {}
         if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path}: expected a mapping at the top level")
-        _check_keys(cls, loaded, "")
+            raise ConfigError(f"config file {p}: expected a mapping at the top level")
+        _check_keys(cls, loaded, "", f"config file {p}: ")
         _deep_update(data, loaded)
     if overrides:
         tree = parse_overrides(overrides)
-        _check_keys(cls, tree, "")
+        _check_keys(cls, tree, "", "--set ")
         _deep_update(data, tree)
     return _build(cls, data)
 
 
-def _check_keys(cls: type, data: dict, where: str) -> None:
+def _check_keys(cls: type, data: dict, where: str, source: str = "") -> None:
     """Unknown keys anywhere in `data` are errors (before defaults hide them)."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
@@ -204,26 +394,14 @@ def _check_keys(cls: type, data: dict, where: str) -> None:
         path = f"{where}.{key}" if where else key
         if key not in names:
             raise ConfigError(
-                f"unknown config field {path}; {cls.__name__} has: {', '.join(sorted(names))}"
+                f"{source}unknown config field {path}; {cls.__name__} has: "
+                f"{', '.join(sorted(names))}"
             )
         tp = hints[key]
         if dataclasses.is_dataclass(tp) and isinstance(value, dict):
-            _check_keys(tp, value, path)
+            _check_keys(tp, value, path, source)
 
 
 def save_config(cfg: Any, path: str | Path) -> None:
     """Write the config as YAML beside a run's outputs (atomically)."""
     atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))
-
-
-def add_config_args(parser: Any, default: str | None = None) -> None:
-    """The standard `--config FILE` and repeated `--set KEY=VALUE` options."""
-    parser.add_argument("--config", default=default, help="YAML config file")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config field, dotted (repeatable), e.g. --set optim.lr=3e-4",
-    )

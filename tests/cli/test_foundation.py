@@ -5,6 +5,7 @@ import pytest
 
 from pmalopti.cli import main
 from pmalopti.config import ConfigError, load_config, parse_overrides, save_config
+from pmalopti.errors import UserError
 from pmalopti.models.tiny import load_tokenizer
 from pmalopti.runtime.fs import atomic_dir, check_output_dir
 
@@ -75,7 +76,7 @@ def test_atomic_dir_leaves_nothing_when_the_body_fails(tmp_path):
 
 def test_output_inside_an_input_is_refused(tmp_path):
     (tmp_path / "in").mkdir()
-    with pytest.raises(ValueError, match="inside"):
+    with pytest.raises(UserError, match="inside"):
         check_output_dir(tmp_path / "in" / "out", force=False, inputs=[tmp_path / "in"])
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 
 import pytest
 import yaml
@@ -12,7 +13,6 @@ import yaml
 from pmalopti.cli import main
 from pmalopti.config import ConfigError, load_config
 from pmalopti.demo.config import DemoConfig, load_demo_config
-from pmalopti.demo.run import prepare_output
 from pmalopti.demo.writeup import accuracy_noise, compare
 from pmalopti.lm.loop import read_metrics
 from pmalopti.pma.weights import merge_weights
@@ -22,7 +22,7 @@ from pmalopti.pma.weights import merge_weights
 def demo(tmp_path_factory):
     """One smoke-size demo run through the CLI: (folder, summary dict, REPORT.md text)."""
     out = tmp_path_factory.mktemp("demo") / "out"
-    assert main(["demo", "--smoke", "--seed", "3", "--out", str(out)]) == 0
+    assert main(["demo", "--smoke", "--seed", "3", "-o", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
     return out, summary, (out / "REPORT.md").read_text()
 
@@ -149,29 +149,47 @@ def test_saved_demo_config_loads_back_to_the_config_that_ran(demo):
     assert s["config"]["seed"] == 3
 
 
+def test_resume_keeps_finished_stages_and_reruns_the_rest_to_the_same_numbers(demo, tmp_path):
+    out, s, _ = demo
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy, symlinks=True)
+    (copy / "stages" / "grpo.json").unlink()  # as if stopped during GRPO
+    shutil.rmtree(copy / "grpo-ar-lopti")
+    (copy / "REPORT.md").unlink()
+    before = (copy / "pretrain" / "metrics.jsonl").stat().st_mtime_ns
+    assert main(["demo", "-o", str(copy), "--resume"]) == 0
+    again = json.loads((copy / "summary.json").read_text())
+    assert (copy / "pretrain" / "metrics.jsonl").stat().st_mtime_ns == before  # kept
+    assert again["size"] == "smoke" and again["command"] == s["command"]
+    for name, run in s["grpo"].items():
+        assert again["grpo"][name]["after"] == run["after"]
+        assert again["grpo"][name]["seconds"] != run["seconds"]  # it did run again
+    assert again["sft"] == s["sft"] and again["pretrain"] == s["pretrain"]
+
+
+def test_resume_refuses_a_different_experiment(demo, tmp_path, capsys):
+    out, _, _ = demo
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy, symlinks=True)
+    assert main(["demo", "-o", str(copy), "--resume", "--set", "ar_alpha=0.1"]) == 2
+    assert "ar_alpha" in capsys.readouterr().err
+
+
 # --- refusals and config errors (no training) -------------------------------------------------
 
 
 def test_demo_refuses_a_non_empty_output_folder_without_force(tmp_path, capsys):
     (tmp_path / "REPORT.md").write_text("old")
-    assert main(["demo", "--smoke", "--out", str(tmp_path)]) == 2
-    assert "not empty" in capsys.readouterr().err
+    assert main(["demo", "--smoke", "-o", str(tmp_path)]) == 2
+    assert "already exists" in capsys.readouterr().err
     assert (tmp_path / "REPORT.md").read_text() == "old"
 
 
-def test_force_replaces_a_previous_demo_run_but_never_foreign_files(tmp_path):
-    (tmp_path / "pretrain").mkdir()
-    (tmp_path / "pretrain" / "metrics.jsonl").write_text("{}")
-    (tmp_path / "sft-from-pma").mkdir()
-    (tmp_path / "REPORT.md").write_text("old")
-    prepare_output(tmp_path, force=True)
-    assert list(tmp_path.iterdir()) == []
-    (tmp_path / "REPORT.md").write_text("old")
+def test_force_never_replaces_a_folder_the_demo_did_not_write(tmp_path, capsys):
     (tmp_path / "thesis.tex").write_text("precious")
-    with pytest.raises(FileExistsError, match=r"thesis\.tex"):
-        prepare_output(tmp_path, force=True)
+    assert main(["demo", "--smoke", "-o", str(tmp_path), "--force"]) == 2
+    assert "not written by pmalopti" in capsys.readouterr().err
     assert (tmp_path / "thesis.tex").read_text() == "precious"
-    assert (tmp_path / "REPORT.md").exists()
 
 
 @pytest.mark.parametrize(
@@ -193,7 +211,7 @@ def test_bad_demo_settings_are_refused_naming_the_field(override, field):
 
 
 def test_bad_setting_on_the_command_line_exits_2_before_any_work(tmp_path, capsys):
-    assert main(["demo", "--smoke", "--out", str(tmp_path / "x"), "--set", "ar_alpha=2"]) == 2
+    assert main(["demo", "--smoke", "-o", str(tmp_path / "x"), "--set", "ar_alpha=2"]) == 2
     assert "ar_alpha" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 

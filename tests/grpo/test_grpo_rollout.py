@@ -173,3 +173,44 @@ def test_generate_ignores_the_checkpoints_sampling_defaults(lm):
         model.generation_config.update(**saved)
     assert model.generation_config.repetition_penalty == saved.get("repetition_penalty", 1.0)
     assert torch.equal(got.response_ids, want.response_ids)
+
+
+def test_sampling_runs_on_the_cache_api_without_deprecation_or_future_warnings(lm, monkeypatch):
+    """Every sampler and the scoring pass, with warnings as errors, plus transformers' own
+    deprecation log lines (`logger.warning_once`); the row-dropping path trims the cache."""
+    import logging
+    import warnings
+
+    from transformers import DynamicCache
+    from transformers.utils import logging as hf_logging
+
+    model, tok = lm
+    ids, mask = tokenize_prompts(tok, PROMPTS, 64, "cpu")
+    trims = []
+    select = DynamicCache.batch_select_indices
+    monkeypatch.setattr(
+        DynamicCache, "batch_select_indices", lambda self, i: trims.append(i) or select(self, i)
+    )
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    hf_logger = hf_logging.get_logger("transformers")
+    hf_logger.addHandler(handler)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", FutureWarning)
+            warnings.simplefilter("error", DeprecationWarning)
+            g = torch.Generator().manual_seed(0)
+            with eos_first_in_rows(model, tok.eos_token_id, [0, 2]):
+                roll = sample_loop(
+                    model, tok, ids, mask, max_new_tokens=6, temperature=0.7, generator=g
+                )
+            sample_hf(model, tok, ids, mask, max_new_tokens=6, temperature=0.7)
+            with torch.no_grad():
+                response_logprobs(
+                    model, ids, mask, roll.response_ids, roll.response_mask, temperature=0.7
+                )
+    finally:
+        hf_logger.removeHandler(handler)
+    assert trims, "finished rows were dropped from the KV cache"
+    assert not [r for r in records if "deprecat" in r.getMessage().lower()]

@@ -156,8 +156,8 @@ def test_config_rejects_alpha_and_eta_out_of_range(tmp_path, field, value):
 @pytest.mark.parametrize(
     ("kw", "names"),
     [
-        (dict(num_iterations=1), "num_iterations"),
         (dict(num_iterations=3), "num_iterations"),
+        (dict(num_iterations=4), "num_iterations"),  # 4 = 2μ for lopti_epochs=2, not the 1 set
         (dict(gradient_accumulation_steps=2, steps_per_generation=3), "steps_per_generation"),
         (dict(entropy_coef=0.01), "entropy_coef"),
         (dict(beta=1e-3, loss_type="grpo"), "loss_type"),
@@ -165,7 +165,6 @@ def test_config_rejects_alpha_and_eta_out_of_range(tmp_path, field, value):
     ],
 )
 def test_lopti_config_refuses_settings_where_the_two_sweeps_are_not_exact(tmp_path, kw, names):
-    kw = {"num_iterations": 2, **kw}
     with pytest.raises(ValueError, match=f"lopti_eta: .*{names}"):
         _config(tmp_path, lopti_eta=ETA, **kw)
 
@@ -178,17 +177,26 @@ def test_lopti_config_accepts_the_paper_settings_and_eta_zero_means_off(tmp_path
     assert not _config(tmp_path, lopti_eta=0.0).lopti_enabled
 
 
+def test_lopti_sets_trls_replays_to_two_sweeps_of_mu_epochs(tmp_path):
+    # TRL's default num_iterations (1) becomes 2μ; the same value is accepted; η off leaves it.
+    assert _config(tmp_path, lopti_eta=ETA).num_iterations == 2
+    assert _config(tmp_path, lopti_eta=ETA, lopti_epochs=2).num_iterations == 4
+    assert _config(tmp_path, lopti_eta=ETA, lopti_epochs=2, num_iterations=4).num_iterations == 4
+    assert _config(tmp_path, num_iterations=3).num_iterations == 3
+    assert _config(tmp_path, lopti_eta=0.0).num_iterations == 1
+    with pytest.raises(ValueError, match="lopti_epochs"):
+        _config(tmp_path, lopti_eta=ETA, lopti_epochs=0)
+
+
 def test_config_parses_from_the_command_line_like_any_trl_config(tmp_path):
     from trl import TrlParser
 
     argv = ["--output_dir", str(tmp_path), "--ar_alpha", "0.3", "--lopti_eta", "0.5"]
-    argv += ["--num_iterations", "2", "--use_cpu", "--bf16", "False"]
+    argv += ["--delta", "10", "--use_cpu", "--bf16", "False"]
     (cfg,) = TrlParser((LoptiGRPOConfig,)).parse_args_and_config(argv)
-    assert (cfg.ar_alpha, cfg.lopti_eta, cfg.num_iterations) == (0.3, 0.5, 2)
+    assert (cfg.ar_alpha, cfg.lopti_eta, cfg.num_iterations, cfg.delta) == (0.3, 0.5, 2, 10.0)
     with pytest.raises(ValueError, match="num_iterations"):
-        TrlParser((LoptiGRPOConfig,)).parse_args_and_config(
-            argv[:6] + argv[8:]
-        )  # no num_iterations
+        TrlParser((LoptiGRPOConfig,)).parse_args_and_config([*argv, "--num_iterations", "3"])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -284,7 +292,6 @@ LOPTI = dict(
     lopti_eta=ETA,
     beta=1e-3,
     use_bias_correction_kl=False,  # TRL's default weights the KL by the ratio; verl/the paper do not
-    num_iterations=2,
     steps_per_generation=2,  # two minibatches (optimizer steps) per generation batch and sweep
     max_steps=8,
 )
@@ -429,3 +436,39 @@ def test_lopti_sweep_losses_add_up_to_the_single_pass_and_equal_pmalopti_rl(lopt
             denom=denom,
         )
         torch.testing.assert_close(passes[k][0], ref, rtol=1e-4, atol=1e-6)
+
+
+def test_trls_delta_is_the_papers_dual_clip(lopti_run, monkeypatch):
+    """TRL's loss with delta = 10 is pmalopti.rl.policy_loss with dual clip c = 10, on tokens whose
+    ratio is far above 10 with negative advantages; without delta it is the loss with c → ∞."""
+    trainer, *_ = lopti_run
+    first, _ = _sweeps(lopti_run)[-1][0]
+    inputs = {k: v for k, v in first.items() if k != "tool_mask"}
+    adv = first["lopti_advantages_0"] + first["lopti_advantages_1"]  # (B, T)
+    inputs["advantages"] = adv
+    old = first["old_per_token_logps"].clone()
+    old[:, ::2] -= 4.0  # ratio ≈ e^4 ≈ 55 on every other token
+    inputs["old_per_token_logps"] = old
+    mask = first["completion_mask"]
+    assert ((adv < 0) & mask.bool())[:, ::2].any(), "the dual clip needs negative advantages"
+    args = trainer.args
+    denom = (
+        first["num_items_in_batch"] * args.gradient_accumulation_steps / args.steps_per_generation
+    )
+    model = trainer.model
+    with torch.no_grad():
+        logps = _completion_logps(model, first, TEMPERATURE)
+        losses = {}
+        for delta in (10.0, None):
+            monkeypatch.setattr(args, "delta", delta)
+            losses[delta] = GRPOTrainer._compute_loss(trainer, model, inputs)
+
+    def ours(c):
+        return policy_loss(
+            logps, old, adv, mask, clip_low=trainer.epsilon_low, clip_high=trainer.epsilon_high,
+            clip_c=c, ref_logprobs=first["ref_per_token_logps"], kl_coef=args.beta, denom=denom,
+        )[0]  # fmt: skip
+
+    torch.testing.assert_close(losses[10.0], ours(10.0), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(losses[None], ours(1e9), rtol=1e-4, atol=1e-6)
+    assert float(losses[None] - losses[10.0]) > 1e-3  # the clip is active on these tokens

@@ -32,8 +32,11 @@ def test_example_config_has_two_minibatches_per_sweep_and_the_paper_hyperparamet
     assert cfg.gradient_accumulation_steps * 8 * 4 == 256
     assert cfg.steps_per_generation * 8 * 4 == 512
     assert cfg.steps_per_generation // cfg.gradient_accumulation_steps == 2
+    # Lopti's two sweeps: LoptiGRPOConfig sets TRL's replays (num_iterations) from lopti_eta
     assert (cfg.num_iterations, cfg.lopti_eta, cfg.ar_alpha) == (2, 0.5, 0.3)
     assert (cfg.epsilon, cfg.epsilon_high, cfg.beta, cfg.temperature) == (0.2, 0.24, 1e-3, 0.7)
+    assert cfg.delta == 10.0  # the paper's dual clip c
+    assert cfg.report_to == []  # --report-to none (the default)
     assert (cfg.learning_rate, cfg.loss_type, cfg.use_bias_correction_kl) == (1e-6, "dapo", False)
 
 
@@ -82,11 +85,58 @@ def test_example_runs_end_to_end_on_a_tiny_local_model(example, tmp_path):
     out = tmp_path / "run"
     # The paper's batch shape scaled down: 2 prompts × 4 rollouts, 2 minibatches per sweep.
     argv = "--train-n 8 --prompts-per-batch 2 --rollouts 4 --minibatch 4 --per-device-batch 2"
-    argv += " --max-completion-length 8 --max-steps 4 --eval-n 2"
+    argv += " --max-completion-length 8 --eval-n 2 --save-steps 2"
     paths = ["--model", str(tmp_path / "tiny"), "--output-dir", str(out)]
-    example.main([*paths, "--eval-files", str(test_file), *argv.split()])
+    example.main([*paths, "--eval-files", str(test_file), *argv.split(), "--max-steps", "4"])
     assert (out / "model.safetensors").is_file()
     accuracy = json.loads((out / "eval" / "accuracy.json").read_text())
     assert set(accuracy) == {"kk_test.jsonl"} and 0.0 <= accuracy["kk_test.jsonl"] <= 1.0
     lines = (out / "eval" / "kk_test.responses.jsonl").read_text().splitlines()
     assert len(lines) == 2
+
+    # --resume continues from the newest checkpoint: its trainer state (marked here) is loaded
+    state_file = out / "checkpoint-4" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    assert state["global_step"] == 4
+    state["log_history"][0]["resumed_from_here"] = 1
+    state_file.write_text(json.dumps(state))
+    example.main(
+        [*paths, *argv.split(), "--max-steps", "6", "--resume", "--report-to", "tensorboard"]
+    )
+    final = json.loads((out / "checkpoint-6" / "trainer_state.json").read_text())
+    assert final["global_step"] == 6 and final["log_history"][0].get("resumed_from_here") == 1
+    assert [h["step"] for h in final["log_history"] if "loss" in h] == [1, 2, 3, 4, 5, 6]
+    assert list((out / "runs").rglob("events.out.tfevents.*")), "tensorboard wrote no events"
+
+
+@pytest.mark.parametrize("backend", ["tensorboard", "wandb"])
+def test_example_reports_to_the_chosen_backend(example, tmp_path, backend):
+    pytest.importorskip(backend)
+    args = example.parse_args(["--output-dir", str(tmp_path), "--report-to", backend])
+    assert example.build_config(args, num_processes=4).report_to == [backend]
+
+
+def test_example_refuses_an_unknown_report_backend(example, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        example.parse_args(["--output-dir", str(tmp_path), "--report-to", "mlflow"])
+    assert e.value.code == 2
+
+
+def test_example_resume_finds_the_newest_checkpoint_or_takes_a_path(example, tmp_path):
+    for step in (2, 10, 4):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    args = example.parse_args(["--output-dir", str(tmp_path), "--resume"])
+    assert example.resume_checkpoint(args) == str(tmp_path / "checkpoint-10")
+    args = example.parse_args(["--output-dir", "x", "--resume", str(tmp_path / "checkpoint-4")])
+    assert example.resume_checkpoint(args) == str(tmp_path / "checkpoint-4")
+    assert example.resume_checkpoint(example.parse_args(["--output-dir", str(tmp_path)])) is None
+
+
+def test_example_resume_without_a_checkpoint_is_a_clear_error(example, tmp_path, capsys):
+    for argv in (["--resume"], ["--resume", str(tmp_path / "nope")]):
+        args = example.parse_args(["--output-dir", str(tmp_path / "empty"), *argv])
+        with pytest.raises(SystemExit) as e:
+            example.resume_checkpoint(args)
+        assert e.value.code == 2
+        assert "--resume" in capsys.readouterr().err

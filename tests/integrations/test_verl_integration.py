@@ -1,5 +1,7 @@
 """pmalopti.integrations.verl on CPU: the registered AR loss, Lopti's batches, the KL-masked loss,
-the two-pass trainer mixin (with an in-memory TransferQueue stand-in) and the example config."""
+the two-pass trainer mixin (with an in-memory TransferQueue stand-in) and the example config.
+The trainer built by verl's own constructor is in test_verl_sync_trainer.py, the authors' loss
+normalisation and k3 clamp in test_verl_paper_loss.py."""
 
 from __future__ import annotations
 
@@ -176,7 +178,7 @@ def test_kl_masked_ppo_loss_equals_pmalopti_policy_loss_with_the_pass_kl_mask():
     kl_mask = first.batch[pv.KL_MASK_KEY]
     pass_adv = first.batch["advantages"]
     out, data = _engine_data(logp, old, ref, pass_adv, mask, resp_len, kl_mask)
-    theirs, metrics = pv.lopti_ppo_loss(cfg, out, data)
+    theirs, metrics = pv.pmalopti_ppo_loss(cfg, out, data)
     ours, m = policy_loss(
         logp, old, reweight_advantages(pass_adv, old, 0.3), mask, clip_low=0.2, clip_high=0.24,
         clip_c=10.0, ref_logprobs=ref, kl_coef=0.1, kl_mask=kl_mask, denom=int(mask.sum()),
@@ -200,7 +202,7 @@ def test_lopti_pass_losses_in_verl_add_up_to_verls_single_pass_loss_gradient():
         out, data = _engine_data(
             logp, old, ref, p.batch["advantages"], mask, resp_len, p.batch[pv.KL_MASK_KEY]
         )
-        summed += torch.autograd.grad(pv.lopti_ppo_loss(cfg, out, data)[0], logp)[0]
+        summed += torch.autograd.grad(pv.pmalopti_ppo_loss(cfg, out, data)[0], logp)[0]
     torch.testing.assert_close(summed, expected, rtol=1e-5, atol=1e-7)
 
 
@@ -209,7 +211,7 @@ def test_kl_masked_ppo_loss_without_a_kl_mask_is_verls_ppo_loss():
 
     logp, old, ref, adv, mask, resp_len = _tensors(4)
     cfg = _actor_config(alpha=0.3, use_kl_loss=True, kl_loss_coef=0.1)
-    a, _ = pv.lopti_ppo_loss(cfg, *_engine_data(logp, old, ref, adv, mask, resp_len))
+    a, _ = pv.pmalopti_ppo_loss(cfg, *_engine_data(logp, old, ref, adv, mask, resp_len))
     b, _ = ppo_loss(cfg, *_engine_data(logp, old, ref, adv, mask, resp_len))
     assert torch.equal(a, b)
 
@@ -239,6 +241,10 @@ class _Meta:
         return len(self.keys)
 
 
+def _mixin():
+    return pytest.importorskip("pmalopti.integrations.verl_trainer").LoptiTrainerMixin
+
+
 class _ParentTrainer:
     """Records what verl's `_update_actor` would read from the queue on each call."""
 
@@ -264,7 +270,7 @@ def test_trainer_mixin_runs_update_actor_twice_low_pass_first_and_restores_advan
     tq = _FakeTransferQueue(fields)
     monkeypatch.setitem(sys.modules, "transfer_queue", tq)
 
-    class Trainer(pv.LoptiTrainerMixin, _ParentTrainer):
+    class Trainer(_mixin(), _ParentTrainer):
         config = OmegaConf.create(
             {"actor_rollout_ref": {"actor": {"policy_loss": {"lopti_eta": 0.5}}}}
         )
@@ -293,7 +299,7 @@ def test_trainer_mixin_with_eta_zero_is_one_plain_update(monkeypatch):
     tq = _FakeTransferQueue({})
     monkeypatch.setitem(sys.modules, "transfer_queue", tq)
 
-    class Trainer(pv.LoptiTrainerMixin, _ParentTrainer):
+    class Trainer(_mixin(), _ParentTrainer):
         config = OmegaConf.create(
             {"actor_rollout_ref": {"actor": {"policy_loss": {"lopti_eta": 0}}}}
         )
@@ -319,6 +325,9 @@ def test_example_config_composes_with_verl_and_carries_the_paper_settings():
     assert isinstance(actor.policy_loss, pv.PmaloptiPolicyLossConfig)
     assert (actor.policy_loss.ar_alpha, actor.policy_loss.lopti_eta) == (0.3, 0.5)
     assert pv.lopti_eta_from(cfg) == 0.5
+    # the authors' loss normalisation and k3 clamp (verl's own: False, 20)
+    assert (actor.policy_loss.micro_token_mean, actor.policy_loss.kl_log_ratio_clamp) == (True, 5.0)
+    assert (actor.use_dynamic_bsz, actor.ppo_micro_batch_size_per_gpu) == (False, 8)
     assert (actor.clip_ratio_low, actor.clip_ratio_high, actor.clip_ratio_c) == (0.2, 0.24, 10.0)
     assert (actor.kl_loss_coef, actor.kl_loss_type, actor.loss_agg_mode) == (
         1e-3,
@@ -342,53 +351,3 @@ def test_example_kk_reward_scores_the_published_format():
     assert mod.compute_score("kk_logic", good, truth)["acc"] == 1.0
     assert mod.compute_score("kk_logic", wrong, truth)["score"] == -0.5
     assert mod.compute_score("kk_logic", "no tags", truth)["score"] == -3.0
-
-
-def test_lopti_trainer_mode_drives_verls_own_update_actor_twice(monkeypatch):
-    """With verl's v1 trainer importable (needs `transfer_queue`): the registered trainer mode
-    runs verl's real `PPOTrainer._update_actor` once per pass over a stand-in worker group."""
-    tq = pytest.importorskip("transfer_queue")
-    from verl.trainer.ppo.v1.trainer_base import get_trainer_cls
-
-    batch = _dataproto(6)
-    resp_len = batch.batch["response_mask"].sum(-1).long()
-    fields = {
-        k: _nested([batch.batch[k][i, : resp_len[i]] for i in range(B)])
-        for k in ("response_mask", "old_log_probs", "advantages")
-    }
-    fake = _FakeTransferQueue(fields)
-    monkeypatch.setattr(tq, "kv_batch_get", fake.kv_batch_get)
-    monkeypatch.setattr(tq, "kv_batch_put", fake.kv_batch_put)
-
-    class WorkerGroup:
-        def __init__(self):
-            self.calls = []
-
-        def update_actor(self, meta):
-            padded = TensorDict(dict(fake.fields), batch_size=B).to_padded_tensor()
-            self.calls.append((dict(meta.extra_info), padded["advantages"].clone()))
-            return {"metrics": {"actor/pg_loss": [0.5], "mfu": [0.1], "actor/grad_norm": [2.0]}}
-
-    trainer = object.__new__(get_trainer_cls(pv.TRAINER_MODE))
-    trainer.config = OmegaConf.create(
-        {
-            "actor_rollout_ref": {
-                "actor": {
-                    "ppo_mini_batch_size": 2, "calculate_entropy": False, "entropy_coeff": 0.0,
-                    "ppo_epochs": 1, "data_loader_seed": 0, "shuffle": False,
-                    "policy_loss": {"lopti_eta": 0.5},
-                },
-                "rollout": {"n": 3, "temperature": 0.7},
-            }
-        }
-    )  # fmt: skip
-    trainer.actor_rollout_wg = WorkerGroup()
-    meta = _Meta(list(range(B)))
-    metrics: dict = {}
-    trainer._update_actor(meta, metrics)
-    calls = trainer.actor_rollout_wg.calls
-    assert len(calls) == 2 and calls[0][0]["mini_batch_size"] == 6
-    low, high = lopti_split(batch.batch["old_log_probs"], batch.batch["response_mask"], 0.5)
-    torch.testing.assert_close(calls[0][1], batch.batch["advantages"] * low)
-    torch.testing.assert_close(calls[1][1], batch.batch["advantages"] * high)
-    assert metrics["actor/pg_loss"] == 1.0 and metrics["actor/grad_norm"] == 2.0

@@ -245,7 +245,7 @@ def test_a_non_empty_run_folder_is_not_overwritten_and_resume_needs_a_checkpoint
     assert (
         main(["pretrain", "-o", str(tmp_path / "r"), *[a for s in TINY for a in ("--set", s)]]) == 2
     )
-    assert "not empty" in capsys.readouterr().err
+    assert "already exists" in capsys.readouterr().err
     (tmp_path / "r" / "config.yaml").write_text("seed: 0\n")
     assert main(["pretrain", "-o", str(tmp_path / "r"), "--resume"]) == 2
     assert "no checkpoint-* folder" in capsys.readouterr().err

@@ -14,7 +14,8 @@ from pmalopti.cli import main
 from pmalopti.config import load_config
 from pmalopti.lm.loop import read_metrics
 from pmalopti.lm.pretrain import PretrainConfig, pretrain
-from pmalopti.lm.recover import checkpoints_before, find_spike, spike_from_log
+from pmalopti.pma.select import discover_checkpoints
+from pmalopti.pma.spike import checkpoints_before, find_spike, spike_from_log
 
 TINY = [
     "model.hidden_size=32",
@@ -87,13 +88,18 @@ def test_bumps_before_the_end_of_warmup_are_not_judged():
 
 def test_checkpoints_are_taken_only_when_their_own_loss_precedes_the_spike(spiky_run):
     run, _ = spiky_run
+    ckpts = discover_checkpoints(run)
+
+    def steps(spike, last):
+        return [c.step for c in checkpoints_before(ckpts, spike, last).checkpoints]
+
     # the loss at step 7 is measured on checkpoint-6's weights, so 6 is excluded.
-    assert [s for s, _ in checkpoints_before(run, 7, 2)] == [2, 4]
-    assert [s for s, _ in checkpoints_before(run, 8, 3)] == [2, 4, 6]
-    with pytest.raises(ValueError, match=r"--last 3 but only 2 checkpoints .* steps \[2, 4\]"):
-        checkpoints_before(run, 7, 3)
-    with pytest.raises(ValueError, match="spike step 3 is before the first usable checkpoint"):
-        checkpoints_before(run, 3, 1)
+    assert steps(7, 2) == [2, 4]
+    assert steps(8, 3) == [2, 4, 6]
+    with pytest.raises(ValueError, match=r"spike at step 7 .* --last 3 asked, but only 2"):
+        steps(7, 3)
+    with pytest.raises(ValueError, match=r"spike at step 3 .*no checkpoint at or before step 1"):
+        steps(3, 1)
 
 
 def test_recover_detects_the_spike_and_writes_the_average_of_the_checkpoints_before_it(
@@ -158,7 +164,7 @@ def test_bad_recover_inputs_fail_clearly_and_write_nothing(spiky_run, tmp_path, 
         )
         == 2
     )
-    assert "has no checkpoint-* folders" in capsys.readouterr().err
+    assert "has no checkpoint-<step> or step<N> sub-folders" in capsys.readouterr().err
     assert (
         main(
             [
@@ -175,7 +181,7 @@ def test_bad_recover_inputs_fail_clearly_and_write_nothing(spiky_run, tmp_path, 
         )
         == 2
     )
-    assert "--last 9 but only 2" in capsys.readouterr().err
+    assert "--last 9 asked, but only 2" in capsys.readouterr().err
     assert (
         main(
             [
@@ -192,7 +198,9 @@ def test_bad_recover_inputs_fail_clearly_and_write_nothing(spiky_run, tmp_path, 
         )
         == 2
     )
-    assert "before the first usable checkpoint" in capsys.readouterr().err
+    assert (
+        "(checkpoints at steps <= 0 count as before it): no checkpoint" in capsys.readouterr().err
+    )
     assert (
         main(
             [

@@ -149,7 +149,7 @@ def test_explicit_paths_and_weights(tmp_path):
     ("extra", "message"),
     [
         (["--method", "ema", "--alpha", "1.5"], r"alpha must be in \(0, 1\]"),
-        (["--method", "ema"], "ema needs --alpha"),
+        (["--method", "ema"], "ema needs an alpha: --method ema --alpha A"),
         (["--alpha", "0.2"], "--alpha is only used by --method ema"),
         (["--weights", "1,-1"], "sum to zero"),
         (["--weights", "1,2,3"], "--weights has 3 values for 2 checkpoints"),
@@ -175,6 +175,7 @@ def test_missing_inputs_and_existing_outputs_are_errors(tmp_path, capsys):
     assert main(["merge", str(tmp_path / "nope"), "-o", str(tmp_path / "o")]) == 2
     assert "does not exist" in capsys.readouterr().err
     (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "notes.txt").write_text("mine")
     assert main(["merge", "--run-dir", str(run), "-o", str(tmp_path / "o")]) == 2
     assert "already exists (use --force" in capsys.readouterr().err
     assert main(["merge", "--run-dir", str(run), "--dry-run"]) == 0

@@ -69,28 +69,32 @@ def test_tokens_come_from_the_log_history_when_the_top_level_count_is_missing(tm
 
 def test_last_keeps_the_newest_n(tmp_path):
     ckpts = discover_checkpoints(make_run(tmp_path, range(100, 1100, 100)))
-    assert steps_of(select_checkpoints(ckpts, last=3)) == [800, 900, 1000]
+    assert steps_of(select_checkpoints(ckpts, last=3).checkpoints) == [800, 900, 1000]
 
 
-def test_every_k_counts_back_from_the_newest(tmp_path):
+def test_every_k_is_a_deprecated_alias_of_every_steps_on_evenly_spaced_folders(tmp_path):
     ckpts = discover_checkpoints(make_run(tmp_path, range(100, 1100, 100)))
-    assert steps_of(select_checkpoints(ckpts, every=3)) == [100, 400, 700, 1000]
-    assert steps_of(select_checkpoints(ckpts, every=3, last=2)) == [700, 1000]
+    sel = select_checkpoints(ckpts, every=3)
+    assert steps_of(sel.checkpoints) == [100, 400, 700, 1000]
+    assert "--every 3 is deprecated; it stands for --every-steps 300" in sel.notes[0]
+    assert steps_of(select_checkpoints(ckpts, every=3, last=2).checkpoints) == [700, 1000]
 
 
-def test_until_keeps_only_checkpoints_before_a_loss_spike(tmp_path):
+def test_until_includes_its_step_and_spacing_counts_back_from_there(tmp_path):
     ckpts = discover_checkpoints(make_run(tmp_path, range(100, 1100, 100)))
-    assert steps_of(select_checkpoints(ckpts, until=650, last=3)) == [400, 500, 600]
-    assert steps_of(select_checkpoints(ckpts, until=600, every=2)) == [200, 400, 600]
+    assert steps_of(select_checkpoints(ckpts, until=650, last=3).checkpoints) == [400, 500, 600]
+    assert steps_of(select_checkpoints(ckpts, until=600, last=3).checkpoints) == [400, 500, 600]
+    sel = select_checkpoints(ckpts, until=600, every_steps=200)
+    assert steps_of(sel.checkpoints) == [200, 400, 600] and sel.targets == [200, 400, 600]
 
 
-def test_every_tokens_picks_checkpoints_that_far_apart_counting_back(tmp_path):
+def test_every_tokens_picks_checkpoints_exactly_that_far_apart_counting_back(tmp_path):
     ckpts = discover_checkpoints(make_run(tmp_path, range(100, 1100, 100), tokens_per_step=1000))
-    picked = select_checkpoints(ckpts, every_tokens=250_000)
-    # Newest at 1M tokens, then the newest at or below 750k (700), 450k (400), 150k (100).
+    picked = select_checkpoints(ckpts, every_tokens=300_000).checkpoints
     assert steps_of(picked) == [100, 400, 700, 1000]
-    gaps = [b.tokens - a.tokens for a, b in itertools.pairwise(picked)]
-    assert all(g >= 250_000 for g in gaps)
+    assert {b.tokens - a.tokens for a, b in itertools.pairwise(picked)} == {300_000}
+    with pytest.raises(ValueError, match="no checkpoint at token counts 250,000, 750,000"):
+        select_checkpoints(ckpts, every_tokens=250_000)
 
 
 def test_every_tokens_without_token_counts_is_refused(tmp_path):
@@ -105,8 +109,12 @@ def test_every_tokens_without_token_counts_is_refused(tmp_path):
         ({"last": 20}, "--last 20 asked, but only 10"),
         ({"last": 0}, "--last must be at least 1"),
         ({"every": 0}, "--every must be at least 1"),
+        ({"every_steps": 0}, "--every-steps must be at least 1"),
         ({"until": 50}, "no checkpoint at or before step 50"),
         ({"every": 2, "every_tokens": 5}, "not both"),
+        ({"every_steps": 2, "every_tokens": 5}, "not both"),
+        ({"nearest": True}, "--nearest applies to --every-steps or --every-tokens"),
+        ({"every_steps": 400, "last": 4}, "reaches back to step -200"),
     ],
 )
 def test_impossible_selections_say_why(tmp_path, kwargs, message):
@@ -122,10 +130,10 @@ def test_a_run_folder_without_checkpoints_is_an_error(tmp_path):
         discover_checkpoints(tmp_path / "nope")
 
 
-def test_explicit_paths_keep_the_given_order(tmp_path):
-    make_run(tmp_path, [300, 100])
-    ckpts = checkpoints_from_paths([tmp_path / "checkpoint-300", tmp_path / "checkpoint-100"])
-    assert steps_of(ckpts) == [300, 100]
+def test_explicit_paths_are_ordered_by_step(tmp_path):
+    make_run(tmp_path, [1000, 90])
+    ckpts = checkpoints_from_paths([tmp_path / "checkpoint-1000", tmp_path / "checkpoint-90"])
+    assert steps_of(ckpts) == [90, 1000]
 
 
 @pytest.mark.parametrize(

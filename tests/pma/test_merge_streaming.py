@@ -13,10 +13,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from pmalopti.errors import UserError
 from pmalopti.pma.reader import CheckpointReader
 from pmalopti.pma.streaming import merge_checkpoints
 from pmalopti.pma.weights import merge_weights, normalize_weights
 from pmalopti.pma.writer import ShardWriter
+from pmalopti.runtime.fs import MARKER, write_marker
 
 SHAPES = {
     "embed.weight": (37, 16),
@@ -269,7 +271,7 @@ def reshape_tensor(path: Path):
 
 def retype_tensor(path: Path):
     s = random_state(0)
-    s["embed.weight"] = s["embed.weight"].half()
+    s["embed.weight"] = s["embed.weight"].to(torch.int32)  # a floating dtype alone would merge
     save_file(s, path / "model.safetensors")
 
 
@@ -303,7 +305,7 @@ def infinite_value(path: Path):
         (
             retype_tensor,
             ValueError,
-            r"tensor 'embed.weight': dtype torch.float16 in checkpoint .*ck0",
+            r"tensor 'embed.weight': dtype torch.int32 in checkpoint .*ck0",
         ),
         (other_architecture, ValueError, r"ck0 is a qwen2 Qwen2ForCausalLM, but .* llama"),
         (remove_weights, FileNotFoundError, r"ck0: no model.safetensors"),
@@ -378,7 +380,10 @@ def test_an_existing_output_is_kept_unless_forced(tmp_path):
     (tmp_path / "out" / "keep.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="use --force"):
         merge_checkpoints(paths, [1, 1], tmp_path / "out", progress=False)
+    with pytest.raises(FileExistsError, match="not written by pmalopti"):
+        merge_checkpoints(paths, [1, 1], tmp_path / "out", progress=False, force=True)
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+    write_marker(tmp_path / "out", "merge")  # as if pmalopti had written it
     merge_checkpoints(paths, [1, 1], tmp_path / "out", progress=False, force=True)
     assert not (tmp_path / "out" / "keep.txt").exists()
     assert set(read_all(tmp_path / "out")) == set(states[0])
@@ -386,7 +391,7 @@ def test_an_existing_output_is_kept_unless_forced(tmp_path):
 
 def test_an_output_inside_an_input_is_refused(tmp_path):
     paths, _ = make_ckpts(tmp_path, 2)
-    with pytest.raises(ValueError, match="inside"):
+    with pytest.raises(UserError, match="inside"):
         merge_checkpoints(paths, [1, 1], paths[0] / "merged", progress=False)
     assert not (paths[0] / "merged").exists()
 
@@ -395,6 +400,7 @@ def test_an_interrupted_merge_leaves_no_output_and_keeps_the_old_one(tmp_path, m
     paths, _ = make_ckpts(tmp_path, 3)
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("old")
+    write_marker(tmp_path / "out", "merge")
     calls = 0
     original = ShardWriter.write_part
 
@@ -412,7 +418,7 @@ def test_an_interrupted_merge_leaves_no_output_and_keeps_the_old_one(tmp_path, m
         )
     assert calls == 5
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck0", "ck1", "ck2", "out"]
-    assert [p.name for p in (tmp_path / "out").iterdir()] == ["keep.txt"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [MARKER, "keep.txt"]
 
 
 def test_memory_use_does_not_depend_on_the_number_of_checkpoints(tmp_path, monkeypatch):

@@ -1,4 +1,4 @@
-"""PMA merge weights (DESIGN.md "Merging"): SMA, WMA, EMA by the recursion, explicit weights."""
+"""PMA merge weights (docs/design.md "Merging"): SMA, WMA, EMA by recursion, explicit weights."""
 
 import math
 

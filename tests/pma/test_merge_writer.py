@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 from pmalopti.pma.reader import CheckpointReader
 from pmalopti.pma.safetensors_format import read_header
 from pmalopti.pma.writer import write_hf_checkpoint
+from pmalopti.runtime.fs import MARKER
 
 
 def tensors():
@@ -26,7 +27,11 @@ def tensors():
 def test_a_dict_round_trips_through_the_reference_reader_and_ours(tmp_path):
     src = tensors()
     out = write_hf_checkpoint(src, tmp_path / "m", metadata={"method": "sma"})
-    assert sorted(p.name for p in out.iterdir()) == ["model.safetensors", "pmalopti_merge.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        MARKER,
+        "model.safetensors",
+        "pmalopti_merge.json",
+    ]
     ref = load_file(out / "model.safetensors")
     with CheckpointReader(out) as r:
         for k, t in src.items():
@@ -87,7 +92,11 @@ def test_bad_tensors_are_refused_and_nothing_is_left(tmp_path):
         write_hf_checkpoint({"x": [1, 2]}, tmp_path / "m")
     assert list(tmp_path.iterdir()) == []
     (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError):
         write_hf_checkpoint({"a": torch.zeros(2)}, tmp_path / "m")
-    write_hf_checkpoint({"a": torch.zeros(2)}, tmp_path / "m", force=True)
-    assert (tmp_path / "m" / "model.safetensors").is_file()
+    with pytest.raises(FileExistsError, match="not written by pmalopti"):
+        write_hf_checkpoint({"a": torch.zeros(2)}, tmp_path / "m", force=True)
+    write_hf_checkpoint({"a": torch.zeros(2)}, tmp_path / "m2")
+    write_hf_checkpoint({"a": torch.ones(2)}, tmp_path / "m2", force=True)
+    assert (tmp_path / "m2" / "model.safetensors").is_file()

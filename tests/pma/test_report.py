@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pmalopti.lm.evaluate import merged_state_dict, method_weights
+from pmalopti.pma.in_memory import merged_state_dict
 from pmalopti.pma.report import (
     markdown_table,
     method_label,
@@ -14,6 +14,7 @@ from pmalopti.pma.report import (
     pma_table,
     write_pma_report,
 )
+from pmalopti.pma.spec import MergeSpec
 
 RESULT = {
     "run": "r",
@@ -77,11 +78,11 @@ def test_the_in_memory_merge_equals_the_weighted_sum_and_sma_of_one_is_itself(ti
         m.save_pretrained(tmp_path / f"c{i}")
         paths.append(tmp_path / f"c{i}")
     sds = [load_file(p / "model.safetensors") for p in paths]
-    w = method_weights("ema:0.2", 3)
+    w = MergeSpec.parse("ema:0.2").merge_weights(3)
     assert w == pytest.approx([0.64, 0.16, 0.2])
     merged = merged_state_dict(paths, w)
     for k in merged:
         ref = sum(wi * sd[k].double() for wi, sd in zip(w, sds, strict=True))
         torch.testing.assert_close(merged[k].double(), ref, rtol=1e-6, atol=1e-6)
-    one = merged_state_dict(paths[:1], method_weights("sma", 1))
+    one = merged_state_dict(paths[:1], MergeSpec().merge_weights(1))
     assert all(torch.equal(one[k], sds[0][k]) for k in one)

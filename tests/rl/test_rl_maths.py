@@ -42,7 +42,7 @@ def _random_case(seed: int = 0, dtype=torch.float64):
 def _reference_loss(
     logp, old, adv, ref, mask, kl_mask, *, agg, clip_low, clip_high, c, beta, denom=None
 ):
-    """DESIGN.md's formulas, element by element in python floats."""
+    """docs/design.md's formulas, element by element in python floats."""
     rows = []
     for i in range(B):
         row = []

@@ -103,7 +103,7 @@ def _run(out: Path, *, force: bool, t0: float) -> int:
                 losses[ck.name] = eval_loss(model)
                 model.train()
     # The run folder is complete (renamed into place); the merge reads it from there.
-    ckpts = select_checkpoints(discover_checkpoints(out / "run"), last=MERGE_LAST)
+    ckpts = select_checkpoints(discover_checkpoints(out / "run"), last=MERGE_LAST).checkpoints
     weights = merge_weights("sma", len(ckpts))
     print(
         f"pmalopti merge --example: trained a tiny Llama ({model.num_parameters():,} "

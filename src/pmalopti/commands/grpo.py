@@ -3,10 +3,10 @@
 pmalopti grpo --config configs/grpo_tiny.yaml
 pmalopti grpo --config configs/grpo_tiny.yaml --set algo.alpha=0.3 --set algo.eta=0.5
 pmalopti grpo --config configs/grpo_kk_qwen2.5-3b.yaml --init-from runs/merged   # PMA-init
-pmalopti grpo --config configs/grpo_tiny.yaml --resume                           # continue
+pmalopti grpo --config configs/grpo_tiny.yaml -o runs/grpo --resume             # continue
 
-Config sections (every field documented in pmalopti/train/grpo_config.py and the README):
-output_dir, seed, model.*, task.*, rollout.*, algo.* (alpha = AR, eta = Lopti), optim.*, train.*.
+Config sections (every field documented in pmalopti/grpo/config.py and docs/grpo.md):
+output_dir (-o), seed, model.*, task.*, rollout.*, algo.* (alpha = AR, eta = Lopti), optim.*, train.*.
 Without --config the defaults are a tiny CPU run on the arithmetic task.
 """
 
@@ -15,17 +15,12 @@ from __future__ import annotations
 import argparse
 import logging
 import random
-import shutil
 import sys
 from pathlib import Path
 
-from pmalopti.config import add_config_args
+from pmalopti.commands._common import add_output, add_training
 
 log = logging.getLogger(__name__)
-
-# Fields that may change when a run is resumed (how long, how often to log); everything else
-# must match the saved config, or the resumed run would not continue the same experiment.
-_RESUMABLE_CHANGES = {"train", "output_dir"}
 
 
 def register(subparsers) -> None:
@@ -35,21 +30,13 @@ def register(subparsers) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_config_args(p)
-    p.add_argument(
-        "--init-from", metavar="DIR", help="start from these weights (e.g. a PMA-merged folder)"
+    add_output(
+        p,
+        metavar="RUN",
+        old=("--output-dir",),
+        help="run folder (default: output_dir of the config)",
     )
-    p.add_argument("--output-dir", metavar="DIR", help="run folder (overrides output_dir)")
-    p.add_argument(
-        "--resume",
-        nargs="?",
-        const="latest",
-        metavar="CHECKPOINT",
-        help="continue from the run folder's newest checkpoint (or the one given)",
-    )
-    p.add_argument(
-        "--force", action="store_true", help="delete an existing run folder and start over"
-    )
+    add_training(p, resume_checkpoint=True)
     p.set_defaults(func=run)
 
 
@@ -57,7 +44,7 @@ def _samples(task, split: str, path: str | None, n: int | None, seed: int) -> li
     if path is None:
         return task.samples(split, n=n, seed=seed)
     out: list[dict] = []
-    for part in [x.strip() for x in path.split(",") if x.strip()]:
+    for part in _paths(path):
         if not Path(part).exists():
             raise FileNotFoundError(f"task.{split}_path: {part} does not exist")
         out += task.samples(split, n=None, seed=seed, path=part)
@@ -68,55 +55,33 @@ def _samples(task, split: str, path: str | None, n: int | None, seed: int) -> li
     return [out[i] for i in keep]
 
 
-def _check_same_experiment(saved: dict, now: dict) -> None:
-    diffs = [
-        k
-        for k in sorted(set(saved) | set(now))
-        if k not in _RESUMABLE_CHANGES and saved.get(k) != now.get(k)
-    ]
-    if diffs:
-        raise ValueError(
-            f"--resume: the config differs from the run's saved config.yaml in {diffs}; "
-            "resume with the same settings (only train.* may change)"
-        )
+def _paths(spec: str | None) -> list[str]:
+    return [x.strip() for x in (spec or "").split(",") if x.strip()]
 
 
 def run(args) -> int:
     import torch
-    import yaml
     from transformers.utils import logging as hf_logging
 
-    from pmalopti.config import load_config, save_config, to_dict
+    from pmalopti.commands._run_config import load_run_config
+    from pmalopti.config import save_config
     from pmalopti.grpo.config import GRPOConfig
     from pmalopti.grpo.model import load_policy, load_reference, pick_device
     from pmalopti.grpo.trainer import GRPOTrainer, latest_checkpoint
+    from pmalopti.runtime.fs import prepare_run_dir
     from pmalopti.tasks import get_task
 
-    overrides = list(args.overrides)
-    if args.init_from:
-        overrides.append(f"model.init_from={args.init_from}")
-    if args.output_dir:
-        overrides.append(f"output_dir={args.output_dir}")
-    cfg = load_config(GRPOConfig, args.config, overrides)
+    cfg, run_dir = load_run_config(
+        GRPOConfig, args, args.output, init_key="model.init_from", output_key="output_dir"
+    )
     hf_logging.disable_progress_bar()  # per-checkpoint "Loading/Writing" bars drown the run's own
-    run_dir = Path(cfg.output_dir)
-
     ckpt = None
     if args.resume:
         ckpt = latest_checkpoint(run_dir) if args.resume == "latest" else Path(args.resume)
         if ckpt is None:
             raise FileNotFoundError(f"--resume: no checkpoint-<step> folder in {run_dir}")
-        saved = run_dir / "config.yaml"
-        if saved.is_file():
-            _check_same_experiment(yaml.safe_load(saved.read_text()), to_dict(cfg))
-    elif run_dir.exists() and any(run_dir.iterdir()):
-        if not args.force:
-            raise FileExistsError(
-                f"run folder {run_dir} already exists; use --resume to continue it "
-                "or --force to delete it and start over"
-            )
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    inputs = [cfg.model.init_from, cfg.model.path, *_paths(cfg.task.train_path)]
+    prepare_run_dir(run_dir, resume=bool(args.resume), force=args.force, inputs=inputs)
     save_config(cfg, run_dir / "config.yaml")
 
     torch.manual_seed(cfg.seed)

@@ -6,22 +6,40 @@ import argparse
 import sys
 from pathlib import Path
 
-HELP = "average checkpoints along a training run (PMA: SMA, EMA, WMA) into one HF model"
+from pmalopti.commands._common import add_force, add_merge_method, add_output
+
+HELP = (
+    "average checkpoints along a training run (PMA: SMA, EMA, WMA) into one model: HF folders, "
+    "or DCP checkpoints of torchtitan, OLMo-core, Megatron, accelerate"
+)
 
 EXAMPLES = """examples:
   pmalopti merge --example                                   # tiny run made locally, then merged
   pmalopti merge --run-dir runs/tiny --last 10 -o merged     # SMA of the newest 10 checkpoints
-  pmalopti merge --run-dir runs/tiny --last 4 --every 2 --method ema --alpha 0.2 -o merged
-  pmalopti merge --run-dir runs/tiny --until 3000 --last 5 -o recover   # before a loss spike
-  pmalopti merge ckpt-a ckpt-b model.safetensors --weights 1,2,3 --dtype bf16 -o merged
+  pmalopti merge --run-dir runs/tiny --last 4 --every-steps 200 --method ema --alpha 0.2 -o merged
+  pmalopti merge --run-dir runs/tiny --before-spike 3000 --last 5 -o recover  # spike logged at 3000
+  pmalopti merge ckpt-a ckpt-b model.safetensors --weights 1,2,3 --as-given --dtype bf16 -o merged
+  pmalopti merge --run-dir outputs/checkpoint --last 10 -o merged-dcp  # torchtitan step-N (DCP)
+  pmalopti merge --run-dir ckpts --last 4 --keep-non-model -o iter_0004000 # Megatron torch_dist
 """
+
+
+def merge_spec_from_args(args):
+    """The parsed `--method/--alpha/--weights` as a `MergeSpec` (UserError when invalid)."""
+    from pmalopti.errors import UserError
+    from pmalopti.pma.spec import MergeSpec
+
+    try:
+        return MergeSpec.from_options(args.method, args.alpha, getattr(args, "weights", None))
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "merge",
         help=HELP,
-        description=HELP + ". Inputs are given oldest first.",
+        description=HELP + ". Inputs are ordered by training step (oldest first).",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -29,9 +47,15 @@ def register(subparsers) -> None:
         "checkpoints",
         nargs="*",
         metavar="CKPT",
-        help="model folders or .safetensors files, oldest first",
+        help="model folders, .safetensors files or DCP checkpoints (docs/merging-real-runs.md), "
+        "ordered by their step where it is known",
     )
-    p.add_argument("-o", "--output", metavar="OUT", help="output model folder")
+    add_output(p, force=False, help="output model folder")
+    p.add_argument(
+        "--as-given",
+        action="store_true",
+        help="inputs whose step cannot be read are oldest first as listed (needed for ema/wma)",
+    )
     sel = p.add_argument_group("selecting checkpoints from a run folder")
     sel.add_argument(
         "--run-dir", metavar="RUN", help="folder of checkpoint-<step> or step<N> sub-folders"
@@ -40,39 +64,73 @@ def register(subparsers) -> None:
         "--last", type=int, metavar="N", help="merge the newest N selected (paper: 10)"
     )
     sel.add_argument(
-        "--every",
+        "--every-steps",
         type=int,
-        metavar="K",
-        help="every K-th checkpoint counting back from the newest (interval = K x save interval)",
+        metavar="V",
+        help="checkpoints exactly V steps apart, counting back from the newest; a missing one "
+        "is an error (see --nearest)",
     )
     sel.add_argument(
         "--every-tokens",
         metavar="V",
-        help="checkpoints at least V tokens apart, e.g. 4B (needs num_input_tokens_seen in "
+        help="checkpoints exactly V tokens apart, e.g. 4B (needs num_input_tokens_seen in "
         "trainer_state.json)",
     )
     sel.add_argument(
-        "--until", type=int, metavar="STEP", help="only checkpoints at or before STEP (loss spike)"
+        "--nearest",
+        action="store_true",
+        help="take the nearest checkpoint where one V apart is missing (the table shows it)",
+    )
+    sel.add_argument("--every", type=int, metavar="K", help=argparse.SUPPRESS)  # deprecated
+    sel.add_argument("--until", type=int, metavar="STEP", help="only checkpoints at steps <= STEP")
+    sel.add_argument(
+        "--before-spike",
+        type=int,
+        metavar="S",
+        help="only checkpoints before a loss spike logged at step S (steps <= S-2, as recover)",
     )
     how = p.add_argument_group("weights and output")
-    how.add_argument(
-        "--method",
-        choices=("sma", "ema", "wma"),
-        help="sma: equal weights (default); wma: weight i/sum; ema: recursion with --alpha",
-    )
-    how.add_argument("--alpha", type=float, help="EMA weight of the newest, in (0, 1] (paper 0.2)")
+    add_merge_method(how, default=None)
     how.add_argument(
         "--weights", metavar="W1,W2,...", help="explicit weights, oldest first (normalised)"
     )
     how.add_argument(
         "--dtype",
         choices=("bf16", "fp16", "fp32"),
-        help="output dtype of floating tensors (default: as stored)",
+        help="output dtype of floating tensors (default: the newest checkpoint's)",
     )
     how.add_argument(
         "--shard-size", default="5GB", metavar="SIZE", help="max shard size (default 5GB)"
     )
-    how.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    how.add_argument(
+        "--read-ahead",
+        metavar="SIZE",
+        help="bytes in flight per input file (e.g. 16MiB) for network filesystems; default 1MiB",
+    )
+    dcp = p.add_argument_group(
+        "distributed checkpoints (torchtitan, OLMo-core, Megatron, accelerate)"
+    )
+    dcp.add_argument(
+        "--format",
+        choices=("dcp", "hf"),
+        help="output of a DCP merge: dcp (default; same keys and chunks, loadable with dcp.load) "
+        "or hf (safetensors folder, where the keys map to a HF model)",
+    )
+    dcp.add_argument(
+        "--keep-non-model",
+        action="store_true",
+        help="copy optimizer, scheduler, data-loader and step entries from the newest checkpoint "
+        "(for a resume; never averaged); default: dropped",
+    )
+    dcp.add_argument(
+        "--model-prefix",
+        metavar="P1,P2",
+        help="model keys are those starting with these prefixes (default: per layout)",
+    )
+    dcp.add_argument(
+        "--hf-config", metavar="DIR", help="--format hf: HF config (and tokenizer) folder"
+    )
+    add_force(how)
     how.add_argument("--dry-run", action="store_true", help="print the selection, merge nothing")
     how.add_argument("--no-progress", action="store_true", help="no progress bar")
     how.add_argument(
@@ -91,9 +149,11 @@ def run(args) -> int:
         discover_checkpoints,
         format_table,
         parse_count,
+        phase_notes,
         select_checkpoints,
+        stable_steps,
     )
-    from pmalopti.pma.weights import merge_weights, normalize_weights
+    from pmalopti.pma.spike import until_before_spike
 
     if args.example:
         if args.checkpoints or args.run_dir:
@@ -102,49 +162,96 @@ def run(args) -> int:
 
         return run_example(Path(args.output or "pmalopti-merge-example"), force=args.force)
 
+    spec = merge_spec_from_args(args)
     if args.run_dir and args.checkpoints:
         raise UserError("give checkpoints or --run-dir, not both")
+    if args.until is not None and args.before_spike is not None:
+        raise UserError("give --until or --before-spike, not both")
+    until = args.until
+    if args.before_spike is not None:
+        until = until_before_spike(args.before_spike)
+    every_tokens = parse_count(args.every_tokens, "--every-tokens") if args.every_tokens else None
+    notes: list[str] = []
     if args.run_dir:
         ckpts = discover_checkpoints(args.run_dir)
     elif args.checkpoints:
-        ckpts = checkpoints_from_paths(args.checkpoints)
+        ckpts = checkpoints_from_paths(
+            args.checkpoints, order_sensitive=spec.order_sensitive, as_given=args.as_given
+        )
+        given = [str(Path(p)) for p in args.checkpoints]
+        if [str(c.path) for c in ckpts] != given:
+            notes.append(
+                "inputs ordered by step: " + ", ".join(f"{c.path} ({c.step})" for c in ckpts)
+            )
     else:
         raise UserError("give checkpoints to merge (oldest first), --run-dir RUN, or --example")
-    every_tokens = parse_count(args.every_tokens, "--every-tokens") if args.every_tokens else None
-    ckpts = select_checkpoints(
-        ckpts, last=args.last, every=args.every, every_tokens=every_tokens, until=args.until
+    sel = select_checkpoints(
+        ckpts,
+        last=args.last,
+        every_steps=args.every_steps,
+        every_tokens=every_tokens,
+        every=args.every,
+        until=until,
+        nearest=args.nearest,
     )
+    ckpts = sel.checkpoints
+    notes += sel.notes
+    if args.run_dir:
+        notes += phase_notes(ckpts, stable_steps(args.run_dir))
+    weights = spec.merge_weights(len(ckpts))
+    from pmalopti.pma.dcp_layout import detect_all
 
-    if args.weights is not None:
-        if args.method or args.alpha is not None:
-            raise UserError("--weights replaces --method/--alpha; give one or the other")
-        try:
-            raw = [float(w) for w in args.weights.split(",")]
-        except ValueError:
-            raise UserError(
-                f"--weights: expected numbers like 1,2,3, got {args.weights!r}"
-            ) from None
-        if len(raw) != len(ckpts):
-            raise UserError(f"--weights has {len(raw)} values for {len(ckpts)} checkpoints")
-        method, weights = "explicit", normalize_weights(raw)
-    else:
-        method = args.method or "sma"
-        if args.alpha is not None and method != "ema":
-            raise UserError(f"--alpha is only used by --method ema, not {method}")
-        weights = merge_weights(method, len(ckpts), args.alpha)
-
+    dcp_ckpts = detect_all([c.path for c in ckpts])
+    if dcp_ckpts is None and (args.format or args.keep_non_model or args.model_prefix):
+        raise UserError("--format, --keep-non-model and --model-prefix are for DCP checkpoints")
     shard_size = parse_count(args.shard_size, "--shard-size")
     if shard_size < 1:
         raise UserError("--shard-size must be positive")
-    alpha = f", alpha={args.alpha}" if method == "ema" else ""
-    print(f"PMA merge: {method}{alpha}, {len(ckpts)} checkpoints (oldest first)")
-    print(format_table(ckpts, weights))
+    read_ahead = parse_count(args.read_ahead, "--read-ahead") if args.read_ahead else None
+    print(f"PMA merge: {spec}, {len(ckpts)} checkpoints (oldest first)")
+    print(format_table(ckpts, weights, sel.targets, sel.key))
+    for note in notes:
+        print(f"note: {note}")
     sys.stdout.flush()
     if args.dry_run:
         return 0
     if not args.output:
         raise UserError("-o/--output OUT is required (or use --dry-run)")
 
+    record = {
+        "method": spec.method,
+        "alpha": spec.alpha,
+        "selection": {
+            "run_dir": str(Path(args.run_dir).resolve()) if args.run_dir else None,
+            "last": args.last,
+            "every_steps": args.every_steps,
+            "every": args.every,
+            "every_tokens": every_tokens,
+            "nearest": args.nearest,
+            "until": until,
+            "targets": sel.targets,
+        },
+    }
+    if dcp_ckpts is not None:
+        from pmalopti.pma.dcp_merge import merge_dcp
+
+        out = merge_dcp(
+            dcp_ckpts,
+            weights,
+            args.output,
+            dtype=args.dtype,
+            keep_non_model=args.keep_non_model,
+            model_prefix=args.model_prefix.split(",") if args.model_prefix else None,
+            out_format=args.format or "dcp",
+            hf_config=args.hf_config,
+            shard_size=shard_size,
+            force=args.force,
+            progress=not args.no_progress,
+            metadata=record,
+            tokens=[c.tokens for c in ckpts],
+        )
+        print(f"merged checkpoint ({args.format or 'dcp'}, {dcp_ckpts[-1].layout}): {out}")
+        return 0
     from pmalopti.pma.streaming import merge_checkpoints
 
     merge_checkpoints(
@@ -155,17 +262,8 @@ def run(args) -> int:
         shard_size=shard_size,
         force=args.force,
         progress=not args.no_progress,
-        metadata={
-            "method": method,
-            "alpha": args.alpha,
-            "selection": {
-                "run_dir": str(Path(args.run_dir).resolve()) if args.run_dir else None,
-                "last": args.last,
-                "every": args.every,
-                "every_tokens": every_tokens,
-                "until": args.until,
-            },
-        },
+        read_ahead=read_ahead,
+        metadata=record,
     )
     print(f"merged model: {Path(args.output).resolve()}")
     return 0

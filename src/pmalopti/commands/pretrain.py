@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from pmalopti.config import add_config_args
+from pmalopti.commands._common import add_output, add_training
 
 HELP = "pre-train a small causal LM (WSD schedule, HF checkpoints) and report PMA merges"
 
@@ -17,21 +17,8 @@ def register(subparsers) -> None:
         description=HELP
         + ". Example: pmalopti pretrain --config configs/pretrain_tiny.yaml -o runs/tiny",
     )
-    add_config_args(p)
-    p.add_argument(
-        "-o", "--output", metavar="RUN", help="run folder (checkpoints, metrics.jsonl, report/)"
-    )
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue RUN from its latest checkpoint (uses RUN/config.yaml unless --config is given)",
-    )
-    p.add_argument(
-        "--init-from",
-        metavar="CKPT",
-        help="start from these weights and tokenizer with a fresh optimizer (PMA-init)",
-    )
-    p.add_argument("--force", action="store_true", help="overwrite a non-empty run folder")
+    add_output(p, metavar="RUN", help="run folder (checkpoints, metrics.jsonl, report/)")
+    add_training(p)
     p.add_argument(
         "--report",
         metavar="RUN",
@@ -58,8 +45,7 @@ def run(args) -> int:
         return 0
     if not args.output:
         raise UserError("-o/--output RUN is required (or --report RUN)")
-    run_dir = Path(args.output)
-    cfg = load_run_config(PretrainConfig, args, run_dir)
+    cfg, run_dir = load_run_config(PretrainConfig, args, args.output)
     try:
         result = pretrain(cfg, run_dir, resume=args.resume, force=args.force)
     except Interrupted as exc:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from pmalopti.commands._common import add_config, add_force, add_merge_method, add_output
+
 HELP = "recover from a loss spike: merge the N checkpoints before it (PMA-init) and resume"
 
 
@@ -27,10 +29,11 @@ def register(subparsers) -> None:
         type=int,
         required=True,
         metavar="N",
-        help="merge the N newest checkpoints saved before the spike",
+        help="merge the N newest checkpoints before the spike (steps <= S-2: checkpoint S-1 "
+        "holds the weights that produced the spiking loss)",
     )
-    p.add_argument("-o", "--output", required=True, metavar="OUT", help="merged checkpoint folder")
-    p.add_argument("--method", default="sma", help="sma (default), wma or ema:<alpha>")
+    add_output(p, required=True, force=False, help="merged checkpoint folder")
+    add_merge_method(p)
     p.add_argument(
         "--factor",
         type=float,
@@ -61,25 +64,17 @@ def register(subparsers) -> None:
         default="fresh",
         help="--resume: fresh AdamW state (PMA-init, default) or the newest merged checkpoint's",
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="--resume: override a field of RUN/config.yaml, e.g. train.steps=800",
-    )
-    p.add_argument("--force", action="store_true", help="overwrite OUT (and the resume folder)")
+    add_config(p)  # --resume: the run's config (default RUN/config.yaml) and --set overrides
+    add_force(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    from pmalopti.commands.merge import merge_spec_from_args
     from pmalopti.lm.loop import Interrupted
     from pmalopti.lm.recover import merge_before_spike, resume_from_merge
-    from pmalopti.pma.weights import merge_weights
 
-    name, _, alpha = args.method.partition(":")
-    merge_weights(name, 1, float(alpha) if alpha else None)  # validate before any work
+    spec = merge_spec_from_args(args)  # validated before any work
     rec = merge_before_spike(
         args.run_dir,
         args.output,
@@ -88,7 +83,7 @@ def run(args) -> int:
         after=args.after,
         factor=args.factor,
         window=args.window,
-        method=args.method,
+        method=spec,
         force=args.force,
     )
     if rec.spike is not None:
@@ -98,7 +93,9 @@ def run(args) -> int:
     listing = ", ".join(
         f"checkpoint-{s} ({w:.3f})" for (s, _), w in zip(rec.merged, rec.weights, strict=True)
     )
-    print(f"merged {len(rec.merged)} checkpoints with {args.method}: {listing} -> {rec.out}")
+    for note in rec.notes:
+        print(f"note: {note}")
+    print(f"merged {len(rec.merged)} checkpoints with {spec}: {listing} -> {rec.out}")
     if not args.resume:
         return 0
     resume_dir = Path(args.resume_dir or f"{rec.out}-resumed")
@@ -108,6 +105,7 @@ def run(args) -> int:
             args.run_dir,
             resume_dir,
             optimizer=args.optimizer,
+            config=args.config,
             overrides=args.overrides,
             force=args.force,
         )

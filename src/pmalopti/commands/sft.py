@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
-from pmalopti.config import add_config_args
+from pmalopti.commands._common import add_output, add_training
 
 HELP = "supervised fine-tuning on a task's prompt -> answer pairs (PMA-init with --init-from)"
 
@@ -18,11 +17,8 @@ def register(subparsers) -> None:
         description=HELP
         + ". Example: pmalopti sft --config configs/sft_tiny.yaml --init-from runs/tiny/merged -o runs/sft",
     )
-    add_config_args(p)
-    p.add_argument("-o", "--output", metavar="RUN", required=True, help="run folder")
-    p.add_argument("--init-from", metavar="CKPT", help="checkpoint to fine-tune (fresh optimizer)")
-    p.add_argument("--resume", action="store_true", help="continue RUN from its latest checkpoint")
-    p.add_argument("--force", action="store_true", help="overwrite a non-empty run folder")
+    add_output(p, metavar="RUN", required=True, help="run folder")
+    add_training(p)
     p.set_defaults(func=run)
 
 
@@ -31,8 +27,7 @@ def run(args) -> int:
     from pmalopti.lm.loop import Interrupted
     from pmalopti.lm.sft import SFTConfig, sft
 
-    run_dir = Path(args.output)
-    cfg = load_run_config(SFTConfig, args, run_dir)
+    cfg, run_dir = load_run_config(SFTConfig, args, args.output)
     try:
         result, final = sft(cfg, run_dir, resume=args.resume, force=args.force)
     except Interrupted as exc:

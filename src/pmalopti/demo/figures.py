@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pmalopti.pma.report import method_label
 from pmalopti.rl.diagnostics import BUCKET_LABELS
+from pmalopti.runtime.fs import save_figure
 
 
 def _plt():
@@ -27,14 +28,6 @@ def _smooth(ys: Sequence[float], k: int) -> list[float]:
             acc -= ys[i - k]
         out.append(acc / min(i + 1, k))
     return out
-
-
-def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path)
-    _plt().close(fig)
-    return path
 
 
 def plot_pretrain(metrics: list[dict], stage: dict, path: Path) -> Path:
@@ -79,7 +72,7 @@ def plot_pretrain(metrics: list[dict], stage: dict, path: Path) -> Path:
     ax.set_title("Stage 1: pre-training (WSD) with online PMA")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_sft(runs: dict, path: Path) -> Path:
@@ -94,7 +87,7 @@ def plot_sft(runs: dict, path: Path) -> Path:
     ax.set_title("Stage 2: PMA-init vs the latest checkpoint")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_grpo(runs: dict, path: Path) -> Path:
@@ -114,7 +107,7 @@ def plot_grpo(runs: dict, path: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle("Stage 3: GRPO vs GRPO + AR + Lopti (same start, same seed)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_buckets(runs: dict, path: Path) -> Path:
@@ -136,4 +129,4 @@ def plot_buckets(runs: dict, path: Path) -> Path:
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3, axis="y")
         ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)

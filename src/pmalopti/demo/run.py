@@ -18,50 +18,9 @@ from pathlib import Path
 
 from pmalopti.config import save_config, to_dict
 from pmalopti.demo.config import DemoConfig
-from pmalopti.runtime.fs import atomic_write_json, atomic_write_text
+from pmalopti.runtime.fs import atomic_write_json, atomic_write_text, prepare_run_dir, read_json
 
 log = logging.getLogger(__name__)
-
-# What a demo run writes; `--force` removes these and nothing else.
-OUTPUTS = (
-    "REPORT.md",
-    "summary.json",
-    "demo_config.yaml",
-    "demo.log",
-    "data",
-    "figures",
-    "pretrain",
-    "pma-init",
-    "grpo",
-    "grpo-ar-lopti",
-)
-
-
-def _ours(name: str) -> bool:
-    return name in OUTPUTS or name.startswith(("sft-from-", ".tmp-pma-init-", ".old-pma-init-"))
-
-
-def prepare_output(out: Path, *, force: bool) -> Path:
-    """Refuse a non-empty folder unless `force`; with `force`, remove only a demo's own outputs."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"--out {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not force:
-            raise FileExistsError(f"--out {out} is not empty (use --force to replace a demo run)")
-        foreign = sorted(p.name for p in out.iterdir() if not _ours(p.name))
-        if foreign:
-            raise FileExistsError(
-                f"--out {out} holds files the demo did not write ({', '.join(foreign[:5])}); "
-                "--force only replaces a previous demo run: choose another folder"
-            )
-        for p in out.iterdir():
-            if p.is_dir():
-                shutil.rmtree(p)
-            else:
-                p.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-    return out.resolve()
 
 
 @contextlib.contextmanager
@@ -96,38 +55,88 @@ def machine() -> str:
     )
 
 
+# What each stage writes in the demo folder: removed before the stage (re)starts on --resume.
+STAGE_OUTPUTS = {
+    "pretrain": ("data", "pretrain", "pma-init"),
+    "sft": ("sft-from-*",),
+    "grpo": ("grpo", "grpo-ar-lopti"),
+}
+
+
+class _Stages:
+    """Stages in order; with `resume`, a stage finished before (its `stages/<name>.json`) is
+    kept and the first unfinished one, and every later one, starts over."""
+
+    def __init__(self, out: Path, resume: bool):
+        self.out, self.resume, self.timings = out, resume, {}
+
+    def run(self, name: str, fn) -> dict:
+        done = self.out / "stages" / f"{name}.json"
+        if self.resume and done.is_file():
+            saved = read_json(done)
+            log.info("demo: stage %s finished before; kept (--resume)", name)
+            self.timings[name] = saved["seconds"]
+            return saved["result"]
+        self.resume = False  # everything after a re-run stage is re-run too
+        for pattern in STAGE_OUTPUTS[name]:
+            for p in self.out.glob(pattern):
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
+        t = time.perf_counter()
+        result = fn()
+        self.timings[name] = time.perf_counter() - t
+        atomic_write_json(done, {"result": result, "seconds": self.timings[name]})
+        return result
+
+
 def run_demo(
-    cfg: DemoConfig, out: str | Path, *, force: bool = False, size: str = "full", command: str = ""
+    cfg: DemoConfig,
+    out: str | Path,
+    *,
+    force: bool = False,
+    resume: bool = False,
+    size: str = "full",
+    command: str = "",
 ) -> dict:
-    """Run the demo into `out`; returns the summary (also written to `out/summary.json`)."""
+    """Run the demo into `out`; returns the summary (also written to `out/summary.json`).
+
+    `resume`: continue a demo folder whose run stopped; finished stages are kept (the caller
+    checks that `cfg` is the saved one)."""
     from pmalopti.demo import figures
     from pmalopti.demo.finetune_stage import run_grpo, run_sft
     from pmalopti.demo.pretrain_stage import run_pretrain, write_pma_init
     from pmalopti.demo.writeup import console_summary, report_markdown
     from pmalopti.lm.loop import read_metrics
 
-    out = prepare_output(Path(out), force=force)
+    out = prepare_run_dir(out, force=force, resume=resume, kind="demo")
+    start = out / "stages" / "start.json"
+    if resume and start.is_file():  # the size and command of the run being continued
+        size, command = read_json(start)["size"], read_json(start)["command"]
+    else:
+        atomic_write_json(start, {"size": size, "command": command})
     save_config(cfg, out / "demo_config.yaml")
-    timings: dict[str, float] = {}
-    t_start = time.perf_counter()
+    stages = _Stages(out, resume)
+    timings = stages.timings
     with _log_to(out / "demo.log"):
         _banner("1/3 pre-training with online PMA")
-        t = time.perf_counter()
-        pre = run_pretrain(cfg, out)
-        pma_init = write_pma_init(cfg, pre, out)
-        timings["pretrain"] = time.perf_counter() - t
+
+        def stage1() -> dict:
+            pre = run_pretrain(cfg, out)
+            return {"pretrain": pre, "pma_init": write_pma_init(cfg, pre, out)}
+
+        s1 = stages.run("pretrain", stage1)
+        pre, pma_init = s1["pretrain"], s1["pma_init"]
 
         _banner("2/3 SFT from the PMA merge and from the latest checkpoint")
-        t = time.perf_counter()
         inits = {"latest": pma_init["latest"], "pma": pma_init["path"]}
         inits["annealed"] = pma_init["annealed"]
-        sft_runs = run_sft(cfg, inits, out)
-        timings["sft"] = time.perf_counter() - t
+        sft_runs = stages.run("sft", lambda: run_sft(cfg, inits, out))
 
         _banner("3/3 GRPO vs GRPO + AR + Lopti")
-        t = time.perf_counter()
-        grpo_runs = run_grpo(cfg, sft_runs[cfg.grpo_init]["checkpoint"], out)
-        timings["grpo"] = time.perf_counter() - t
+        init = sft_runs[cfg.grpo_init]["checkpoint"]
+        grpo_runs = stages.run("grpo", lambda: run_grpo(cfg, init, out))
 
         t = time.perf_counter()
         fig = out / "figures"
@@ -138,9 +147,9 @@ def run_demo(
         figures.plot_grpo(grpo_runs, fig / "grpo.png")
         figures.plot_buckets(grpo_runs, fig / "buckets.png")
         timings["report"] = time.perf_counter() - t
-        timings["total"] = time.perf_counter() - t_start
+        timings["total"] = sum(timings.values())  # of each stage's own run, also on --resume
         summary = {
-            "command": command or f"pmalopti demo --out {out}",
+            "command": command or f"pmalopti demo -o {out}",
             "size": size,
             "seed": cfg.seed,
             "out": str(out),

@@ -1,7 +1,7 @@
 """Configuration of the built-in GRPO trainer (`pmalopti grpo`), one dataclass per concern.
 
-Every field has a docstring; choices are `Literal`s and ranges are checked on construction, so a
-built config is a valid one. The defaults are a tiny CPU run; `configs/grpo_kk_qwen2.5-3b.yaml`
+Every field has a docstring; choices are `Literal`s and ranges are declared on the fields
+(`bounded`), checked when the config is loaded; `__post_init__` checks relations between fields. The defaults are a tiny CPU run; `configs/grpo_kk_qwen2.5-3b.yaml`
 holds the paper's K&K settings (arXiv 2505.12929 §5.1).
 """
 
@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import field
 from typing import Any, Literal
 
+from pmalopti.config import SEED, bounded
 from pmalopti.rl.loss import AGG_MODES, Agg
 
 
@@ -25,29 +26,22 @@ class TinyModelConfig:
 
     arch: Literal["llama", "qwen2"] = "llama"
     """model family of the tiny model"""
-    hidden_size: int = 64
+    hidden_size: int = bounded(64, ge=1)
     """hidden size"""
-    num_layers: int = 2
+    num_layers: int = bounded(2, ge=1)
     """number of transformer blocks"""
-    num_heads: int = 4
+    num_heads: int = bounded(4, ge=1)
     """attention heads"""
-    num_kv_heads: int = 2
+    num_kv_heads: int = bounded(2, ge=1)
     """key/value heads (grouped-query attention)"""
-    vocab_size: int = 384
-    """BPE vocabulary size of the tokenizer trained on the task's texts"""
-    sft_steps: int = 0
+    vocab_size: int = bounded(384, ge=300)
+    """BPE vocabulary size of the tokenizer trained on the task's texts (256 bytes + merges)"""
+    sft_steps: int = bounded(0, ge=0)
     """supervised warm-up steps on prompt + reference response, so RL starts with some reward"""
-    sft_lr: float = 3e-3
+    sft_lr: float = bounded(3e-3, gt=0)
     """learning rate of the supervised warm-up"""
-    sft_batch_size: int = 32
+    sft_batch_size: int = bounded(32, ge=1)
     """batch size of the supervised warm-up"""
-
-    def __post_init__(self):
-        for name in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "sft_batch_size"):
-            _check(getattr(self, name) >= 1, f"model.tiny.{name} must be >= 1")
-        _check(self.vocab_size >= 300, "model.tiny.vocab_size must be >= 300 (256 bytes + merges)")
-        _check(self.sft_steps >= 0, "model.tiny.sft_steps must be >= 0")
-        _check(self.sft_lr > 0, "model.tiny.sft_lr must be > 0")
 
 
 @dataclasses.dataclass
@@ -82,44 +76,34 @@ class TaskConfig:
     """parquet/jsonl file(s) of training samples (comma-separated); null generates them"""
     eval_path: str | None = None
     """parquet/jsonl file(s) of held-out samples (comma-separated); null generates them"""
-    train_size: int | None = 2000
+    train_size: int | None = bounded(2000, ge=1)
     """number of training samples (null: all of train_path)"""
-    eval_size: int | None = 64
+    eval_size: int | None = bounded(64, ge=1)
     """number of held-out samples (null: all of eval_path)"""
     chat: bool = False
     """render prompts with the tokenizer's chat template (instruct models)"""
 
-    def __post_init__(self):
-        _check(self.train_size is None or self.train_size >= 1, "task.train_size must be >= 1")
-        _check(self.eval_size is None or self.eval_size >= 1, "task.eval_size must be >= 1")
-
 
 @dataclasses.dataclass
 class RolloutConfig:
-    prompts_per_step: int = 8
+    prompts_per_step: int = bounded(8, ge=1)
     """P: prompts sampled per step"""
-    group_size: int = 8
-    """G: completions per prompt (the group of the group advantage)"""
-    temperature: float = 1.0
+    group_size: int = bounded(8, ge=2)
+    """G: completions per prompt (the group of the group advantage; it needs 2)"""
+    temperature: float = bounded(1.0, gt=0)
     """sampling temperature T; old log-probs are computed at the same T"""
-    max_new_tokens: int = 16
+    max_new_tokens: int = bounded(16, ge=1)
     """maximum response length in tokens"""
-    max_prompt_tokens: int = 512
+    max_prompt_tokens: int = bounded(512, ge=1)
     """prompts longer than this are an error (they would be silently truncated otherwise)"""
     stop: list[str] = field(default_factory=list)
     """stop strings: a response ends with the token that completes one (besides eos)"""
     engine: Literal["loop", "hf"] = "loop"
     """sampling engine: our KV-cache loop (faster on small models) or transformers generate"""
-    batch_size: int = 256
+    batch_size: int = bounded(256, ge=1)
     """sequences generated at once (old/ref log-probs go in chunks of algo.micro_batch_size)"""
 
     def __post_init__(self):
-        _check(self.prompts_per_step >= 1, "rollout.prompts_per_step must be >= 1")
-        _check(self.group_size >= 2, "rollout.group_size must be >= 2 (a group advantage needs 2)")
-        _check(self.temperature > 0, "rollout.temperature must be > 0")
-        _check(self.max_new_tokens >= 1, "rollout.max_new_tokens must be >= 1")
-        _check(self.max_prompt_tokens >= 1, "rollout.max_prompt_tokens must be >= 1")
-        _check(self.batch_size >= 1, "rollout.batch_size must be >= 1")
         _check(all(isinstance(s, str) and s for s in self.stop), "rollout.stop: empty stop string")
 
 
@@ -127,17 +111,17 @@ class RolloutConfig:
 class AlgoConfig:
     adv_scale: Literal["group", "none"] = "group"
     """group: (r − mean)/(std + 1e-6) (GRPO); none: r − mean (Dr. GRPO)"""
-    alpha: float = 0.0
+    alpha: float = bounded(0.0, ge=0, le=1)
     """AR: advantages scaled by (α·π_old + 1 − α); 0 is plain GRPO (paper: 0.3 K&K, 0.1 math)"""
-    eta: float | None = None
+    eta: float | None = bounded(None, ge=0, lt=1)
     """Lopti threshold: tokens with π_old < η update first; null or 0 is one pass (paper: 0.5)"""
-    clip_low: float = 0.2
+    clip_low: float = bounded(0.2, ge=0, lt=1)
     """ε_low of the clipped ratio"""
-    clip_high: float = 0.2
+    clip_high: float = bounded(0.2, ge=0)
     """ε_high of the clipped ratio (paper: 0.24)"""
-    clip_c: float = 10.0
+    clip_c: float = bounded(10.0, gt=1)
     """dual-clip constant c for negative advantages (paper: 10)"""
-    kl_coef: float = 0.0
+    kl_coef: float = bounded(0.0, ge=0)
     """β of the k3 KL to the frozen reference (paper: 1e-3); 0 never builds the reference"""
     agg: Agg = "token-mean"
     """loss aggregation: token-mean over the minibatch (verl 0.9.1); micro-token-mean, the token-mean
@@ -146,32 +130,21 @@ class AlgoConfig:
     kl_log_ratio_clamp: Literal[5, 20] = 20
     """bound b of the clamp of logπ_ref − logπ to [−b, b] inside the k3 KL: 20 as verl 0.9.1,
     5 as the paper authors' code"""
-    ppo_epochs: int = 1
+    ppo_epochs: int = bounded(1, ge=1)
     """sweeps over the rollout batch per pass"""
-    minibatch_size: int = 64
+    minibatch_size: int = bounded(64, ge=1)
     """sequences per optimizer step (must divide P·G)"""
-    micro_batch_size: int = 64
+    micro_batch_size: int = bounded(64, ge=1)
     """sequences per forward/backward (gradient accumulation; must divide minibatch_size)"""
     shuffle: bool = False
     """shuffle sequences into minibatches (with the trainer's seeded generator)"""
 
     def __post_init__(self):
-        _check(0.0 <= self.alpha <= 1.0, f"algo.alpha must be in [0, 1], got {self.alpha}")
-        _check(
-            self.eta is None or 0.0 <= self.eta < 1.0, f"algo.eta must be in [0, 1), got {self.eta}"
-        )
-        _check(0 <= self.clip_low < 1, "algo.clip_low must be in [0, 1)")
-        _check(self.clip_high >= 0, "algo.clip_high must be >= 0")
-        _check(self.clip_c > 1, "algo.clip_c must be > 1")
-        _check(self.kl_coef >= 0, "algo.kl_coef must be >= 0")
         _check(self.agg in AGG_MODES, f"algo.agg: {self.agg!r} is not one of {list(AGG_MODES)}")
         _check(
             self.kl_log_ratio_clamp in (5, 20),
             f"algo.kl_log_ratio_clamp must be 5 or 20, got {self.kl_log_ratio_clamp!r}",
         )
-        _check(self.ppo_epochs >= 1, "algo.ppo_epochs must be >= 1")
-        _check(self.minibatch_size >= 1, "algo.minibatch_size must be >= 1")
-        _check(self.micro_batch_size >= 1, "algo.micro_batch_size must be >= 1")
         _check(
             self.minibatch_size % self.micro_batch_size == 0,
             f"algo.micro_batch_size {self.micro_batch_size} must divide "
@@ -185,42 +158,35 @@ class AlgoConfig:
 
 @dataclasses.dataclass
 class OptimConfig:
-    lr: float = 1e-3
+    lr: float = bounded(1e-3, gt=0)
     """AdamW learning rate"""
-    weight_decay: float = 0.0
+    weight_decay: float = bounded(0.0, ge=0)
     """AdamW weight decay"""
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[float, float] = bounded((0.9, 0.999), ge=0, lt=1, length=2)
     """AdamW betas"""
-    eps: float = 1e-8
+    eps: float = bounded(1e-8, gt=0)
     """AdamW epsilon"""
-    max_grad_norm: float | None = 1.0
+    max_grad_norm: float | None = bounded(1.0, gt=0)
     """gradient clipping by global norm (null: none)"""
-    warmup_steps: int = 0
+    warmup_steps: int = bounded(0, ge=0)
     """linear LR warm-up, in optimizer steps"""
-
-    def __post_init__(self):
-        _check(self.lr > 0, f"optim.lr must be > 0, got {self.lr}")
-        _check(self.weight_decay >= 0, "optim.weight_decay must be >= 0")
-        _check(all(0 <= b < 1 for b in self.betas), "optim.betas must be in [0, 1)")
-        _check(self.max_grad_norm is None or self.max_grad_norm > 0, "optim.max_grad_norm > 0")
-        _check(self.warmup_steps >= 0, "optim.warmup_steps must be >= 0")
 
 
 @dataclasses.dataclass
 class TrainConfig:
-    steps: int = 20
+    steps: int = bounded(20, ge=1)
     """rollout steps (each: P·G completions, then the update)"""
-    eval_every: int = 10
+    eval_every: int = bounded(10, ge=0)
     """greedy evaluation on the held-out set every E steps (0: only at the end)"""
     eval_at_start: bool = False
     """also evaluate the initial policy (logged as step 0)"""
-    save_every: int = 10
+    save_every: int = bounded(10, ge=0)
     """checkpoint every S steps (0: only at the end)"""
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = bounded(2, ge=0)
     """newest checkpoints kept (0: all)"""
-    diag_every: int = 0
+    diag_every: int = bounded(0, ge=0)
     """token-probability bucket diagnostics (paper Fig. 1) every K steps (0: never; costs backwards)"""
-    sample_every: int = 10
+    sample_every: int = bounded(10, ge=0)
     """print a few completions every N steps (0: never)"""
     entropy: bool = True
     """log the policy entropy (one extra softmax over the vocabulary per token)"""
@@ -229,11 +195,6 @@ class TrainConfig:
     progress: bool = True
     """progress bar on stderr"""
 
-    def __post_init__(self):
-        _check(self.steps >= 1, "train.steps must be >= 1")
-        for name in ("eval_every", "save_every", "keep_checkpoints", "diag_every", "sample_every"):
-            _check(getattr(self, name) >= 0, f"train.{name} must be >= 0")
-
 
 @dataclasses.dataclass
 class GRPOConfig:
@@ -241,7 +202,7 @@ class GRPOConfig:
 
     output_dir: str = "runs/grpo-tiny"
     """run folder: config.yaml, log.jsonl, checkpoint-<step>/ (and init/ for a tiny model)"""
-    seed: int = 0
+    seed: int = bounded(0, **SEED)
     """seed of model init, data order and sampling"""
     model: ModelConfig = field(default_factory=ModelConfig)
     """policy model"""

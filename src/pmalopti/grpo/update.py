@@ -1,7 +1,7 @@
 """The update phase of one GRPO step: minibatch sweeps, micro-batch accumulation, Lopti passes.
 
 The maths (advantages, AR, Lopti masks, loss, KL, aggregation) comes from `pmalopti.rl`; this
-module only schedules it, as the official code does (arXiv 2505.12929 §4.2, DESIGN.md):
+module only schedules it, as the official code does (arXiv 2505.12929 §4.2, docs/design.md):
 
     for pass in lopti_passes(...):          # one pass, or "low" then "high"
         for epoch in range(ppo_epochs):

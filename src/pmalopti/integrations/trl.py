@@ -1,7 +1,7 @@
 """AR and Lopti inside TRL's `GRPOTrainer` (arXiv 2505.12929 §4), for accelerate/DeepSpeed/vLLM runs.
 
     from pmalopti.integrations.trl import LoptiGRPOConfig, LoptiGRPOTrainer
-    args = LoptiGRPOConfig(output_dir="out", ar_alpha=0.3, lopti_eta=0.5, num_iterations=2, beta=1e-3)
+    args = LoptiGRPOConfig(output_dir="out", ar_alpha=0.3, lopti_eta=0.5, beta=1e-3, delta=10.0)
     LoptiGRPOTrainer(model=model, reward_funcs=reward_fn, args=args, train_dataset=ds).train()
 
 The subclass changes two methods and keeps everything else TRL's own (generation, rewards,
@@ -21,7 +21,12 @@ Lopti maps onto TRL's buffering like this: a generation batch is split into
 (one minibatch), and TRL replays the whole buffer `num_iterations` times before generating again.
 Lopti's two sweeps are those replays: with `num_iterations = 2μ` the first μ replays update the
 low-probability tokens and the last μ the high-probability ones, all clipping against the π_old
-stored at generation time. `LoptiGRPOConfig` refuses configurations where this is not exact.
+stored at generation time. `LoptiGRPOConfig` sets `num_iterations = 2μ` itself from `lopti_eta`
+and `lopti_epochs` (μ) and refuses configurations where the sweeps would not be exact.
+
+TRL's `delta` is the paper's dual clip: TRL clamps the ratio at δ before its min(ratio·Â,
+clip(ratio)·Â), which for Â < 0 caps the loss at −δ·Â exactly as verl's `clip_ratio_c` (and for
+Â > 0 changes nothing when δ > 1 + ε_high). The paper's runs use δ = c = 10.
 """
 
 from __future__ import annotations
@@ -64,10 +69,11 @@ _FORWARD_KEYS = (
 
 @dataclass
 class LoptiGRPOConfig(GRPOConfig):
-    """`GRPOConfig` plus Advantage Reweighting (`ar_alpha`) and Lopti (`lopti_eta`).
+    """`GRPOConfig` plus Advantage Reweighting (`ar_alpha`) and Lopti (`lopti_eta`, `lopti_epochs`).
 
-    Lopti needs: `num_iterations` even (2 = one sweep per group, as the paper), each optimizer
-    step inside one sweep (`steps_per_generation` a multiple of `gradient_accumulation_steps`),
+    With Lopti, `num_iterations` (TRL's replays of a generation batch) is set to 2·`lopti_epochs`:
+    TRL's default 1 is replaced, the same value is kept, any other value is refused. Lopti also
+    needs each optimizer step inside one sweep (`steps_per_generation` a multiple of `gradient_accumulation_steps`),
     no entropy bonus (it would be counted in both sweeps) and, with `beta` ≠ 0, a loss whose
     denominator ignores the mask (`loss_type` "dapo", "dr_grpo" or "cispo"), token-level
     importance sampling, no `off_policy_mask_threshold` and `top_entropy_quantile` 1.
@@ -86,25 +92,29 @@ class LoptiGRPOConfig(GRPOConfig):
         metadata={
             "help": "Lopti threshold η in [0, 1): tokens with π_old < η are updated in a first "
             "sweep over the generation batch, the others in a second (§4.2). None or 0 is one "
-            "sweep; the paper uses 0.5. Requires an even num_iterations."
+            "sweep; the paper uses 0.5. Sets num_iterations to 2·lopti_epochs."
+        },
+    )
+    lopti_epochs: int = field(
+        default=1,
+        metadata={
+            "help": "μ: epochs over the generation batch in each Lopti sweep (the paper: 1). TRL "
+            "replays the batch num_iterations = 2μ times: μ for the low tokens, then μ for the "
+            "high ones."
         },
     )
 
     def __post_init__(self):
+        if self.lopti_enabled:
+            self._set_lopti_iterations()
         super().__post_init__()
         if not 0.0 <= self.ar_alpha <= 1.0:
             raise ValueError(f"ar_alpha must be in [0, 1]; got {self.ar_alpha}")
-        if self.lopti_eta is None or self.lopti_eta == 0:
+        if not self.lopti_enabled:
             return
         if not 0.0 < self.lopti_eta < 1.0:
             raise ValueError(f"lopti_eta must be None or in [0, 1); got {self.lopti_eta}")
         problems = []
-        if self.num_iterations % 2:
-            problems.append(
-                f"num_iterations is {self.num_iterations}, but Lopti's two sweeps are TRL's "
-                "iterations over the generation batch: set num_iterations=2 (or 2μ for μ "
-                "epochs per sweep)"
-            )
         if self.steps_per_generation % self.gradient_accumulation_steps:
             problems.append(
                 f"steps_per_generation ({self.steps_per_generation}) is not a multiple of "
@@ -115,7 +125,7 @@ class LoptiGRPOConfig(GRPOConfig):
             problems.append("the entropy bonus would be added in both sweeps: set entropy_coef=0")
         if self.beta != 0:
             # With β ≠ 0 each pass restricts TRL's loss mask to its group so the KL term is
-            # restricted too (DESIGN.md: advantages *and* KL zeroed on the other group).
+            # restricted too (docs/design.md: advantages *and* KL zeroed on the other group).
             why = (
                 "with beta != 0 the KL term is restricted to each sweep's tokens via the mask, so "
             )
@@ -136,6 +146,22 @@ class LoptiGRPOConfig(GRPOConfig):
     @property
     def lopti_enabled(self) -> bool:
         return self.lopti_eta is not None and self.lopti_eta != 0
+
+    def _set_lopti_iterations(self) -> None:
+        """num_iterations = 2μ: Lopti's two sweeps are TRL's replays of the generation batch.
+        TRL's default (1) is replaced; a user value other than 2μ contradicts μ and is refused."""
+        if not (isinstance(self.lopti_epochs, int) and self.lopti_epochs >= 1):
+            raise ValueError(f"lopti_epochs must be an integer >= 1; got {self.lopti_epochs!r}")
+        replays = 2 * self.lopti_epochs
+        if self.num_iterations == 1:  # TRL's default: one replay cannot hold two sweeps
+            self.num_iterations = replays
+        elif self.num_iterations != replays:
+            raise ValueError(
+                f"lopti_eta: num_iterations is {self.num_iterations}, but Lopti runs "
+                f"lopti_epochs={self.lopti_epochs} epochs per sweep, i.e. {replays} replays of "
+                "the generation batch: leave num_iterations unset (or set lopti_epochs="
+                f"num_iterations/2 for an even num_iterations)"
+            )
 
 
 class LoptiGRPOTrainer(GRPOTrainer):
@@ -170,7 +196,7 @@ class LoptiGRPOTrainer(GRPOTrainer):
         mask = out["completion_mask"]  # (B, T)
         if "tool_mask" in out:
             mask = mask * out["tool_mask"]
-        # AR first, then Lopti's split (DESIGN.md): the per-token advantages are AR's in every pass.
+        # AR first, then Lopti's split (docs/design.md): per-token advantages are AR's in both passes.
         adv = reweight_advantages(out["advantages"], old, self._ar_alpha)  # (B, T)
         out["advantages"] = adv
         self._log_token_prob_diagnostics(old, mask, adv)

@@ -1,22 +1,20 @@
 """AR and Lopti inside verl (the engine the paper, arXiv 2505.12929, was trained with).
 
-Three pieces, all thin around `pmalopti.rl`:
+Thin around `pmalopti.rl`; verl's own trainer, workers and loss do everything else:
 
 1. A policy loss registered in verl as ``"pmalopti_ar"``: Advantage Reweighting
    (α·π_old + 1 − α)·Â computed from ``old_log_prob``, then verl's own "vanilla" clipped loss
-   (dual clip, rollout-IS weights, global token/sequence denominators all unchanged). α is
-   ``actor_rollout_ref.actor.policy_loss.ar_alpha``, a field of `PmaloptiPolicyLossConfig`,
-   which the config selects with ``policy_loss._target_``.
-2. `lopti_batches`: a rollout batch (a verl `DataProto`, padded (B, T) tensors) → the two
-   batches of Lopti's passes: advantages zeroed on high-probability tokens (π_old ≥ η) for
-   pass 1 and on low ones for pass 2, plus a per-token KL mask under `KL_MASK_KEY`.
-   ``response_mask`` is untouched, so verl's denominators (tokens/sequences of each
-   minibatch) are the same in both passes and the two objectives add up to the single pass.
-3. `LoptiTrainerMixin` + `lopti_ppo_loss`: the trainer runs ``update_actor`` twice per
-   rollout batch (low pass, then high pass), each a full sweep of the minibatches with one
-   optimizer step each; `lopti_ppo_loss` is verl's ``ppo_loss`` with the KL term restricted
-   to `KL_MASK_KEY`. Registered as the v1 trainer mode ``"pmalopti_lopti"``. η is
-   ``actor_rollout_ref.actor.policy_loss.lopti_eta`` (0 = plain GRPO, one pass).
+   (dual clip, rollout-IS weights, aggregation unchanged). Its knobs are fields of
+   `PmaloptiPolicyLossConfig`, selected with ``actor_rollout_ref.actor.policy_loss._target_``.
+2. `pmalopti_ppo_loss`: verl's ``ppo_loss`` (the engine's loss function) with three options the
+   paper's runs need: the KL term restricted to the current Lopti pass (``KL_MASK_KEY``), the
+   authors' k3 clamp (``kl_log_ratio_clamp``: 5, verl 20) and the authors' normalisation
+   (``micro_token_mean``: token-mean per micro-batch ÷ accumulation steps, instead of verl
+   0.9.1's token-mean over the whole minibatch).
+3. `lopti_batches`: a padded rollout batch → the batches of Lopti's two passes.
+4. The v1 trainer mode ``"pmalopti_lopti"`` (`pmalopti.integrations.verl_trainer`): verl's
+   *sync* trainer (same replay buffer, dataloader and checkpoints) running ``update_actor``
+   once per Lopti pass and installing `pmalopti_ppo_loss` in the actor workers.
 
 Workers must import this module so the registrations exist in every Ray process: set
 ``VERL_USE_EXTERNAL_MODULES=pmalopti.integrations.verl`` (verl imports it on ``import verl``)
@@ -25,14 +23,19 @@ and forward it to Ray (see examples/verl/grpo_kk_lopti.sh).
 
 from __future__ import annotations
 
-import numbers
+import contextvars
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import torch
 
-from pmalopti.rl import lopti_split, low_token_fraction, reweight_advantages
+from pmalopti.rl import (
+    KL_LOG_RATIO_CLAMP_VERL,
+    kl_k3,
+    lopti_split,
+    response_token_count,
+    reweight_advantages,
+)
 
 try:
     from verl import DataProto
@@ -53,14 +56,19 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
 LOSS_MODE = "pmalopti_ar"
 TRAINER_MODE = "pmalopti_lopti"
 KL_MASK_KEY = "pmalopti_kl_mask"
+_K3_NAMES = ("low_var_kl", "k3")
+# True while `pmalopti_ppo_loss` runs: the policy loss refuses options only that loss implements.
+_IN_PMALOPTI_LOSS = contextvars.ContextVar("pmalopti_in_ppo_loss", default=False)
 
 
 @dataclass
 class PmaloptiPolicyLossConfig(PolicyLossConfig):
-    """verl's PolicyLossConfig plus the two knobs of arXiv 2505.12929.
+    """verl's PolicyLossConfig plus the knobs of arXiv 2505.12929 and of its authors' code.
 
     Select it in the verl config with
     ``actor_rollout_ref.actor.policy_loss._target_=pmalopti.integrations.verl.PmaloptiPolicyLossConfig``.
+    ``lopti_eta``, ``micro_token_mean`` and ``kl_log_ratio_clamp`` need
+    ``trainer.v1.trainer_mode=pmalopti_lopti`` (the trainer that installs `pmalopti_ppo_loss`).
     """
 
     ar_alpha: float = 0.0
@@ -68,6 +76,14 @@ class PmaloptiPolicyLossConfig(PolicyLossConfig):
 
     lopti_eta: float = 0.0
     """Lopti threshold η in [0, 1): tokens with π_old < η are updated first. 0 disables Lopti."""
+
+    micro_token_mean: bool = False
+    """True: the authors' normalisation, token-mean per micro-batch ÷ micro-batches per minibatch
+    (needs loss_agg_mode token-mean and use_dynamic_bsz false). False: verl 0.9.1's token-mean
+    over the minibatch's tokens on all ranks."""
+
+    kl_log_ratio_clamp: float = KL_LOG_RATIO_CLAMP_VERL
+    """Bound on log π_ref − log π inside the k3 KL: 20 as verl 0.9.1, 5 as the authors' code."""
 
     def __post_init__(self):
         parent_post_init = getattr(super(), "__post_init__", None)
@@ -77,10 +93,14 @@ class PmaloptiPolicyLossConfig(PolicyLossConfig):
             raise ValueError(f"policy_loss.ar_alpha must be in [0, 1]; got {self.ar_alpha}")
         if not 0.0 <= self.lopti_eta < 1.0:
             raise ValueError(f"policy_loss.lopti_eta must be in [0, 1); got {self.lopti_eta}")
+        if not self.kl_log_ratio_clamp > 0:
+            raise ValueError(
+                f"policy_loss.kl_log_ratio_clamp must be > 0; got {self.kl_log_ratio_clamp}"
+            )
 
 
-def _policy_loss_field(config: Any, name: str) -> float:
-    """Read `name` from config.policy_loss (dataclass or DictConfig), with a message if absent."""
+def _policy_loss_field(config: Any, name: str) -> Any:
+    """`name` from config.policy_loss (dataclass or DictConfig), with a message if absent."""
     policy_loss = config.get("policy_loss") if config is not None else None
     value = policy_loss.get(name) if policy_loss is not None else None
     if value is None:
@@ -88,7 +108,21 @@ def _policy_loss_field(config: Any, name: str) -> float:
             f"loss_mode {LOSS_MODE!r} needs actor_rollout_ref.actor.policy_loss.{name}; set "
             "policy_loss._target_=pmalopti.integrations.verl.PmaloptiPolicyLossConfig"
         )
-    return float(value)
+    return value
+
+
+def _needs_pmalopti_loss(policy_loss: Any) -> list[str]:
+    """The options set in `policy_loss` that only `pmalopti_ppo_loss` and its trainer implement."""
+    on = []
+    if float(policy_loss.get("lopti_eta", 0.0) or 0.0) > 0:
+        on.append("lopti_eta")
+    if policy_loss.get("micro_token_mean", False):
+        on.append("micro_token_mean")
+    if float(policy_loss.get("kl_log_ratio_clamp", KL_LOG_RATIO_CLAMP_VERL)) != (
+        KL_LOG_RATIO_CLAMP_VERL
+    ):
+        on.append("kl_log_ratio_clamp")
+    return on
 
 
 def compute_policy_loss_pmalopti_ar(
@@ -106,7 +140,13 @@ def compute_policy_loss_pmalopti_ar(
     computes it, so π_old = exp(old_log_prob) is the paper's sampling probability. α = 0 is
     verl's vanilla loss exactly.
     """
-    alpha = _policy_loss_field(config, "ar_alpha")
+    alpha = float(_policy_loss_field(config, "ar_alpha"))
+    needs = _needs_pmalopti_loss(config.policy_loss)
+    if needs and not _IN_PMALOPTI_LOSS.get():
+        raise ValueError(
+            f"policy_loss.{needs[0]} is set but verl's own loss function is running: set "
+            f"trainer.v1.trainer_mode={TRAINER_MODE} (it installs pmalopti_ppo_loss)"
+        )
     adv = reweight_advantages(advantages, old_log_prob, alpha)  # (B, T)
     loss, metrics = compute_policy_loss_vanilla(
         old_log_prob, log_prob, adv, response_mask, loss_agg_mode, config, rollout_is_weights
@@ -119,10 +159,124 @@ def register() -> None:
     """Register the policy loss (and, when verl's v1 trainer imports, the Lopti trainer). Idempotent."""
     if POLICY_LOSS_REGISTRY.get(LOSS_MODE) is not compute_policy_loss_pmalopti_ar:
         register_policy_loss(LOSS_MODE)(compute_policy_loss_pmalopti_ar)
-    _register_trainer()
+    try:
+        from pmalopti.integrations.verl_trainer import register_trainer
+    except ImportError:  # verl's v1 trainer needs `transfer_queue` (verl's verl-core extra)
+        return
+    register_trainer()
 
 
-# --- Lopti ---------------------------------------------------------------------------------
+# --- the engine loss: Lopti's KL mask, the authors' normalisation and k3 clamp ----------------
+
+
+def check_actor_config(actor: Any) -> None:
+    """Refuse an actor config (dataclass or DictConfig) where the policy-loss options are inexact."""
+    pl = actor.get("policy_loss") or {}
+    if pl.get("micro_token_mean", False):
+        if actor.get("loss_agg_mode") != "token-mean":
+            raise ValueError(
+                "policy_loss.micro_token_mean needs actor.loss_agg_mode=token-mean; got "
+                f"{actor.get('loss_agg_mode')!r}"
+            )
+        if actor.get("use_dynamic_bsz", False):
+            raise ValueError(
+                "policy_loss.micro_token_mean needs actor.use_dynamic_bsz=false (the authors' "
+                "fixed micro-batches: ppo_micro_batch_size_per_gpu)"
+            )
+    clamp = float(pl.get("kl_log_ratio_clamp", KL_LOG_RATIO_CLAMP_VERL))
+    kl_type = actor.get("kl_loss_type", "low_var_kl")
+    if clamp != KL_LOG_RATIO_CLAMP_VERL and kl_type not in _K3_NAMES:
+        raise ValueError(
+            f"policy_loss.kl_log_ratio_clamp applies to the k3 KL only; kl_loss_type is {kl_type!r}"
+        )
+
+
+def _micro_batches_per_minibatch(data: Any) -> int:
+    """Gradient-accumulation steps of this rank's minibatch, from the engine's micro-batch info."""
+    from verl.utils import tensordict_utils as tu
+
+    if tu.get_non_tensor_data(data=data, key="use_dynamic_bsz", default=False):
+        raise ValueError(
+            "policy_loss.micro_token_mean needs actor.use_dynamic_bsz=false (fixed micro-batches)"
+        )
+    per_gpu = int(tu.get_non_tensor_data(data=data, key="micro_batch_size_per_gpu", default=0))
+    global_bs = int(data["global_batch_size"])
+    dp = int(data["dp_size"])
+    if per_gpu <= 0 or global_bs % (dp * per_gpu):
+        raise ValueError(
+            f"policy_loss.micro_token_mean: the minibatch ({global_bs} sequences on {dp} ranks) is "
+            f"not a whole number of micro-batches of {per_gpu}"
+        )
+    return global_bs // (dp * per_gpu)
+
+
+def _with_micro_batch_denominator(data: Any) -> Any:
+    """A shallow copy of the micro-batch whose token-mean denominator is the authors' one:
+    this micro-batch's response tokens × the micro-batches of the minibatch, on this rank alone
+    (FSDP averages the ranks' gradients, as the authors' `loss / gradient_accumulation`)."""
+    from verl.utils import tensordict_utils as tu
+
+    n_micro = _micro_batches_per_minibatch(data)
+    mask = data.select("response_mask").to_padded_tensor()["response_mask"]  # (b, T)
+    out = data.copy()
+    tu.assign_non_tensor(out, batch_num_tokens=max(1, response_token_count(mask)) * n_micro)
+    tu.assign_non_tensor(out, dp_size=1)
+    return out
+
+
+def pmalopti_ppo_loss(config: Any, model_output: dict, data: Any, dp_group: Any = None):
+    """verl's ``ppo_loss`` for one micro-batch, with the paper-run options of `config.policy_loss`.
+
+    - ``micro_token_mean``: every token-mean term (policy, entropy, KL) divides by this
+      micro-batch's tokens × its minibatch's micro-batches, not by the minibatch's tokens.
+    - KL restricted to ``data[KL_MASK_KEY]`` when present (Lopti's pass) and computed with
+      ``kl_log_ratio_clamp``: verl's β·agg(KL) is replaced by β·agg(mask · k3) with the same
+      aggregation and denominators — value and gradient exactly, verl's loss kept otherwise.
+    Without those options it is verl's ``ppo_loss`` exactly.
+    """
+    from verl.utils.metric import Metric
+    from verl.workers.utils.losses import ppo_loss
+    from verl.workers.utils.padding import no_padding_2_padding
+
+    pl = config.policy_loss
+    if pl.get("micro_token_mean", False):
+        check_actor_config(config)
+        data = _with_micro_batch_denominator(data)
+    token = _IN_PMALOPTI_LOSS.set(True)
+    try:
+        loss, metrics = ppo_loss(config, model_output, data, dp_group)
+    finally:
+        _IN_PMALOPTI_LOSS.reset(token)
+    clamp = float(pl.get("kl_log_ratio_clamp", KL_LOG_RATIO_CLAMP_VERL))
+    has_mask = KL_MASK_KEY in data.keys()  # noqa: SIM118 (TensorDict)
+    if not config.use_kl_loss or (not has_mask and clamp == KL_LOG_RATIO_CLAMP_VERL):
+        return loss, metrics
+    check_actor_config(config)
+    log_prob = no_padding_2_padding(model_output["log_probs"], data)  # (B, T)
+    fields = ["response_mask", "ref_log_prob"] + ([KL_MASK_KEY] if has_mask else [])
+    sel = data.select(*fields).to_padded_tensor()
+    response_mask = sel["response_mask"].to(bool)  # (B, T)
+    ref = sel["ref_log_prob"]  # (B, T)
+    verls = kl_penalty(logprob=log_prob, ref_logprob=ref, kl_penalty=config.kl_loss_type)  # (B, T)
+    ours = (
+        verls if clamp == KL_LOG_RATIO_CLAMP_VERL else kl_k3(log_prob, ref, log_ratio_clamp=clamp)
+    )
+    if has_mask:
+        ours = ours * sel[KL_MASK_KEY].to(ours.dtype)  # (B, T)
+    delta = agg_loss(
+        loss_mat=ours - verls, loss_mask=response_mask, loss_agg_mode=config.loss_agg_mode,
+        **config.global_batch_info,
+    )  # fmt: skip
+    loss = loss + delta * config.kl_loss_coef
+    old = metrics.get("kl_loss")
+    if isinstance(old, Metric):
+        kept = [v + float(delta.detach()) for v in old.values]  # one value per micro-batch call
+        metrics["kl_loss"] = Metric(aggregation=old.aggregation)
+        metrics["kl_loss"].extend(kept)
+    return loss, metrics
+
+
+# --- Lopti's batches ---------------------------------------------------------------------------
 
 
 def _old_log_prob_key(batch: DataProto) -> str:
@@ -151,7 +305,7 @@ def lopti_batches(batch: DataProto, eta: float) -> tuple[DataProto, DataProto]:
     old = batch.batch[_old_log_prob_key(batch)]  # (B, T)
     low, high = lopti_split(old, mask, eta)  # (B, T) bool each
     out = []
-    for part in (low, high):
+    for name, part in (("low", low), ("high", high)):
         tensors = batch.batch.copy()  # shallow: shares every untouched tensor
         tensors["advantages"] = adv * part.to(adv.dtype)
         tensors[KL_MASK_KEY] = part.to(adv.dtype)
@@ -159,45 +313,10 @@ def lopti_batches(batch: DataProto, eta: float) -> tuple[DataProto, DataProto]:
             DataProto(
                 batch=tensors,
                 non_tensor_batch=dict(batch.non_tensor_batch),
-                meta_info={**batch.meta_info, "lopti_pass": "low" if part is low else "high"},
+                meta_info={**batch.meta_info, "lopti_pass": name},
             )
         )
     return out[0], out[1]
-
-
-def lopti_ppo_loss(config: Any, model_output: dict, data: Any, dp_group: Any = None):
-    """verl's ``ppo_loss`` with the KL term restricted to ``data[KL_MASK_KEY]`` when present.
-
-    verl adds β·agg(KL) over every response token; Lopti's pass must count only its own
-    tokens (DESIGN.md). Aggregation is linear in the per-token values with fixed denominators,
-    so subtracting β·agg(KL on the excluded tokens) gives exactly the restricted term, value
-    and gradient, without re-implementing verl's loss.
-    """
-    from verl.utils.metric import Metric
-    from verl.workers.utils.losses import ppo_loss
-    from verl.workers.utils.padding import no_padding_2_padding
-
-    loss, metrics = ppo_loss(config, model_output, data, dp_group)
-    if not config.use_kl_loss or KL_MASK_KEY not in data.keys():  # noqa: SIM118
-        return loss, metrics
-    log_prob = no_padding_2_padding(model_output["log_probs"], data)  # (B, T)
-    sel = data.select("response_mask", "ref_log_prob", KL_MASK_KEY).to_padded_tensor()
-    response_mask = sel["response_mask"].to(bool)  # (B, T)
-    excluded = response_mask & ~sel[KL_MASK_KEY].to(bool)  # (B, T)
-    kld = kl_penalty(
-        logprob=log_prob, ref_logprob=sel["ref_log_prob"], kl_penalty=config.kl_loss_type
-    )
-    removed = agg_loss(
-        loss_mat=kld * excluded, loss_mask=response_mask, loss_agg_mode=config.loss_agg_mode,
-        **config.global_batch_info,
-    )  # fmt: skip
-    loss = loss - removed * config.kl_loss_coef
-    old = metrics.get("kl_loss")
-    if isinstance(old, Metric):
-        kept = [v - float(removed.detach()) for v in old.values]  # one value per micro-batch call
-        metrics["kl_loss"] = Metric(aggregation=old.aggregation)
-        metrics["kl_loss"].extend(kept)
-    return loss, metrics
 
 
 def lopti_eta_from(config: Any) -> float:
@@ -209,117 +328,6 @@ def lopti_eta_from(config: Any) -> float:
             f"actor_rollout_ref.actor.policy_loss.lopti_eta must be in [0, 1); got {eta}"
         )
     return eta
-
-
-class LoptiTrainerMixin:
-    """Lopti's two-pass actor update for verl's v1 `PPOTrainer` (TransferQueue batches).
-
-    `_update_actor` reads advantages/π_old/response_mask of the rollout batch, writes pass 1's
-    masked advantages and KL mask, runs the parent `_update_actor` (one sweep over all
-    minibatches, one optimizer step each), then does the same for pass 2, and finally restores
-    the full advantages for verl's metrics. Losses and clip fractions are summed over the
-    passes (they add up to the single-pass values), other metrics averaged; plus
-    ``actor/lopti_low_token_frac`` and ``actor/lopti_<pass>/pg_loss``. With η = 0 it is the
-    parent update, unchanged.
-
-    Note: verl advances the LR scheduler once per `update_actor` call, so with Lopti the
-    scheduler steps twice per rollout batch (matters only for warmup/decay schedules).
-    """
-
-    def on_init_end(self):
-        super().on_init_end()
-        if lopti_eta_from(self.config) > 0 and self.config.actor_rollout_ref.actor.get(
-            "use_kl_loss", False
-        ):
-            from verl.utils.config import omega_conf_to_dataclass
-
-            actor_config = omega_conf_to_dataclass(self.config.actor_rollout_ref.actor)
-            self.actor_rollout_wg.set_loss_fn(partial(lopti_ppo_loss, config=actor_config))
-
-    def _update_actor(self, batch, metrics: dict):
-        eta = lopti_eta_from(self.config)
-        if eta == 0:
-            return super()._update_actor(batch, metrics)
-        import transfer_queue as tq
-        from tensordict import TensorDict
-        from verl.workers.utils.padding import response_to_nested
-
-        fields = ["response_mask", "old_log_probs", "advantages"]
-        data = tq.kv_batch_get(
-            keys=batch.keys, partition_id=batch.partition_id, select_fields=fields
-        )
-        nested_mask = data["response_mask"]
-        padded = DataProto(batch=data.to_padded_tensor())
-        passes = lopti_batches(padded, eta)
-
-        def put(adv: torch.Tensor, kl_mask: torch.Tensor):
-            out = TensorDict(
-                {
-                    "advantages": response_to_nested(adv, nested_mask),
-                    KL_MASK_KEY: response_to_nested(kl_mask, nested_mask),
-                },
-                batch_size=len(batch),
-            )
-            return tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=out)
-
-        pass_metrics = []
-        for p in passes:
-            batch = put(p.batch["advantages"], p.batch[KL_MASK_KEY])
-            m: dict = {}
-            batch = super()._update_actor(batch, m)
-            pass_metrics.append((p.meta_info["lopti_pass"], m))
-        full_mask = padded.batch["response_mask"].to(padded.batch["advantages"].dtype)
-        batch = put(padded.batch["advantages"], full_mask)
-        metrics.update(_merge_pass_metrics(pass_metrics))
-        low = passes[0].batch[KL_MASK_KEY].bool()
-        metrics["actor/lopti_low_token_frac"] = low_token_fraction(
-            low, padded.batch["response_mask"]
-        )
-        return batch
-
-
-# Per-pass values of these add up to the single-pass value: the pass objectives sum to the
-# single-pass objective, and tokens with zeroed advantages are never counted as clipped.
-_ADDITIVE_METRICS = (
-    "actor/pg_loss",
-    "actor/kl_loss",
-    "actor/pg_clipfrac",
-    "actor/pg_clipfrac_lower",
-)
-
-
-def _merge_pass_metrics(pass_metrics: list[tuple[str, dict]]) -> dict:
-    """Additive metrics summed over the passes, other numbers averaged, plus per-pass pg_loss."""
-    merged: dict = {}
-    for _, m in pass_metrics:
-        for k, v in m.items():
-            merged.setdefault(k, []).append(v)
-    out: dict = {}
-    for k, v in merged.items():
-        if not all(isinstance(x, numbers.Real) for x in v):
-            out[k] = v[-1]
-        else:
-            out[k] = sum(v) if k in _ADDITIVE_METRICS else sum(v) / len(v)
-    for name, m in pass_metrics:
-        if "actor/pg_loss" in m:
-            out[f"actor/lopti_{name}/pg_loss"] = m["actor/pg_loss"]
-    return out
-
-
-def _register_trainer() -> None:
-    """Register `TRAINER_MODE` with verl's v1 trainer registry when it is importable.
-
-    verl's v1 trainers need `transfer_queue` (a GPU-cluster dependency); without it only the
-    loss is registered and `LoptiTrainerMixin` can still be combined with a trainer by hand.
-    """
-    try:
-        from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY, register_trainer
-        from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
-    except ImportError:
-        return
-    if TRAINER_MODE not in TRAINER_REGISTRY:
-        trainer = type("LoptiPPOTrainerSync", (LoptiTrainerMixin, PPOTrainerSync), {})
-        register_trainer(TRAINER_MODE)(trainer)
 
 
 register()

@@ -1,7 +1,7 @@
 """Validation loss of checkpoints, and the PMA evaluation of a run (live vs merged vs annealed).
 
-The merge here is in memory (a running float32 sum, one tensor set at a time per input), which is
-all a tiny run needs; large checkpoints go through the streaming `pmalopti merge`.
+Merges are made in memory (`pmalopti.pma.in_memory`), which is all a tiny run needs; large
+checkpoints go through the streaming `pmalopti merge`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from pmalopti.lm.data import lm_batch, read_texts, tokenize_blocks
 from pmalopti.lm.loop import (
@@ -23,7 +22,8 @@ from pmalopti.lm.loop import (
 )
 from pmalopti.lm.schedule import stable_range
 from pmalopti.models.tiny import load_tokenizer
-from pmalopti.pma.weights import merge_weights
+from pmalopti.pma.in_memory import merged_state_dict
+from pmalopti.pma.spec import MergeSpec
 
 
 def load_model(ckpt: str | Path, device: torch.device | str = "cpu"):
@@ -95,45 +95,7 @@ def evaluate_checkpoints(
     return rows
 
 
-# --- in-memory merge ---------------------------------------------------------------------------
-
-
-def _model_files(ckpt: Path) -> list[Path]:
-    files = sorted(ckpt.glob("model*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"{ckpt} has no model*.safetensors files")
-    return files
-
-
-def merged_state_dict(ckpts: Sequence[Path], weights: Sequence[float]) -> dict[str, torch.Tensor]:
-    """sum_i w_i * M_i accumulated in float32, cast back to each tensor's stored dtype.
-
-    Non-floating tensors are taken from the newest checkpoint and must agree across inputs.
-    """
-    if len(ckpts) != len(weights) or not ckpts:
-        raise ValueError(f"{len(ckpts)} checkpoints but {len(weights)} weights")
-    acc: dict[str, torch.Tensor] = {}
-    dtypes: dict[str, torch.dtype] = {}
-    for i, (ckpt, w) in enumerate(zip(ckpts, weights, strict=True)):
-        sd: dict[str, torch.Tensor] = {}
-        for f in _model_files(Path(ckpt)):
-            sd.update(load_file(str(f)))
-        if i == 0:
-            dtypes = {k: v.dtype for k, v in sd.items()}
-        elif sd.keys() != dtypes.keys():
-            raise ValueError(f"{ckpt} has different tensor names from {ckpts[0]}")
-        for k, v in sd.items():
-            if not v.is_floating_point():
-                if k in acc and not torch.equal(acc[k], v):
-                    raise ValueError(
-                        f"non-float tensor {k} differs between checkpoints; refusing to merge"
-                    )
-                acc[k] = v
-            elif k in acc:
-                acc[k].add_(v.float(), alpha=w)
-            else:
-                acc[k] = v.float() * w
-    return {k: v.to(dtypes[k]) for k, v in acc.items()}
+# --- PMA evaluation of a run -------------------------------------------------------------------
 
 
 def load_into(model, state: dict[str, torch.Tensor]) -> None:
@@ -144,15 +106,6 @@ def load_into(model, state: dict[str, torch.Tensor]) -> None:
         raise ValueError(
             f"weights do not fit the model: missing {missing}, unexpected {unexpected}"
         )
-
-
-def method_weights(method: str, n: int) -> list[float]:
-    """ "sma", "wma" or "ema:<alpha>" -> weights for n checkpoints, oldest first."""
-    name, _, alpha = method.partition(":")
-    return merge_weights(name, n, float(alpha) if alpha else None)  # type: ignore[arg-type]
-
-
-# --- PMA evaluation of a run -------------------------------------------------------------------
 
 
 @dataclasses.dataclass
@@ -241,7 +194,8 @@ def evaluate_pma(
         window = stable[i - (n - 1) * stride : i + 1 : stride]
         row = {"step": s, "tokens": tokens[s], "live": live_loss[s], "merged_steps": window}
         for m in methods:
-            row[m] = loss_of(merged_state_dict([by_step[w] for w in window], method_weights(m, n)))
+            weights = MergeSpec.parse(m).merge_weights(n)
+            row[m] = loss_of(merged_state_dict([by_step[w] for w in window], weights))
         result_points.append(row)
     annealed = None
     if decay_steps > 0 and steps[-1] > last_stable:

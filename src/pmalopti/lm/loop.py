@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 import torch
 
+from pmalopti.config import MAX_THREADS, bounded
 from pmalopti.lm.schedule import DecayShape, wsd_lr, wsd_phase
 from pmalopti.runtime.fs import atomic_dir, atomic_write_json, atomic_write_text
 
@@ -38,82 +39,60 @@ _CKPT = re.compile(r"^checkpoint-(\d+)$")
 
 @dataclasses.dataclass
 class OptimConfig:
-    lr: float = 3e-3
+    lr: float = bounded(3e-3, gt=0)
     """peak learning rate (the constant LR of the stable phase)"""
-    weight_decay: float = 0.1
+    weight_decay: float = bounded(0.1, ge=0)
     """AdamW decoupled weight decay"""
-    beta1: float = 0.9
+    beta1: float = bounded(0.9, ge=0, lt=1)
     """AdamW beta1"""
-    beta2: float = 0.95
+    beta2: float = bounded(0.95, ge=0, lt=1)
     """AdamW beta2"""
-    eps: float = 1e-8
+    eps: float = bounded(1e-8, gt=0)
     """AdamW epsilon"""
-    grad_clip: float = 1.0
+    grad_clip: float = bounded(1.0, ge=0)
     """clip the global gradient norm to this value (0 disables clipping)"""
-
-    def __post_init__(self):
-        if not self.lr > 0:
-            raise ValueError(f"optim.lr must be > 0, got {self.lr}")
-        if self.weight_decay < 0:
-            raise ValueError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
-        for name in ("beta1", "beta2"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ValueError(f"optim.{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.grad_clip < 0:
-            raise ValueError(f"optim.grad_clip must be >= 0 (0 disables), got {self.grad_clip}")
 
 
 @dataclasses.dataclass
 class ScheduleConfig:
-    warmup_steps: int = 50
+    warmup_steps: int = bounded(50, ge=0)
     """linear warmup length in optimizer steps"""
-    decay_steps: int = 0
+    decay_steps: int = bounded(0, ge=0)
     """length of the final decay (annealing) phase in optimizer steps; 0 = constant to the end"""
     decay_shape: DecayShape = "linear"
     """shape of the decay: linear, cosine, sqrt (1 - sqrt) or exp (geometric)"""
-    min_lr_ratio: float = 0.0
+    min_lr_ratio: float = bounded(0.0, ge=0, le=1)
     """LR at the end of the decay as a fraction of the peak"""
 
     def __post_init__(self):
-        if self.warmup_steps < 0 or self.decay_steps < 0:
-            raise ValueError("schedule.warmup_steps and schedule.decay_steps must be >= 0")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError(f"schedule.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.decay_shape == "exp" and self.min_lr_ratio <= 0:
             raise ValueError("schedule.min_lr_ratio must be > 0 with decay_shape exp")
 
 
 @dataclasses.dataclass
 class TrainConfig:
-    steps: int = 1000
+    steps: int = bounded(1000, ge=1)
     """total optimizer steps (the schedule spans them)"""
-    batch_size: int = 16
+    batch_size: int = bounded(16, ge=1)
     """sequences per micro-batch"""
-    grad_accum: int = 1
+    grad_accum: int = bounded(1, ge=1)
     """micro-batches per optimizer step"""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto = CUDA when available, else CPU"""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """compute dtype: auto = bf16 autocast on CUDA, float32 on CPU (weights stay float32)"""
-    save_every: int = 100
+    save_every: int = bounded(100, ge=1)
     """write checkpoint-<step> every this many steps (and at the last step)"""
-    eval_every: int = 100
+    eval_every: int = bounded(100, ge=0)
     """validation loss every this many steps (and at the last step); 0 disables"""
-    log_every: int = 1
+    log_every: int = bounded(1, ge=1)
     """append a metrics.jsonl line every this many steps"""
-    threads: int = 0
+    threads: int = bounded(0, ge=0, le=MAX_THREADS)
     """CPU threads for torch (0 = leave torch's default)"""
     tensorboard: bool = False
     """also write TensorBoard event files to RUN/tb"""
     progress: bool = True
     """show a progress bar on stderr"""
-
-    def __post_init__(self):
-        for name in ("steps", "batch_size", "grad_accum", "save_every", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        if self.eval_every < 0 or self.threads < 0:
-            raise ValueError("train.eval_every and train.threads must be >= 0")
 
 
 Batch = dict[str, torch.Tensor]

@@ -15,7 +15,7 @@ from typing import Literal
 
 import torch
 
-from pmalopti.config import save_config
+from pmalopti.config import SEED, bounded, save_config
 from pmalopti.lm.data import (
     BUILTIN,
     batch_indices,
@@ -33,7 +33,8 @@ from pmalopti.lm.loop import (
     list_checkpoints,
     train,
 )
-from pmalopti.runtime.fs import atomic_write_text
+from pmalopti.lm.online_pma import OnlinePMAConfig, online_pma_hook
+from pmalopti.runtime.fs import atomic_write_text, prepare_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -42,23 +43,21 @@ log = logging.getLogger(__name__)
 class ModelConfig:
     arch: Literal["llama", "qwen2"] = "llama"
     """transformers architecture of the tiny model"""
-    hidden_size: int = 64
+    hidden_size: int = bounded(64, ge=1)
     """hidden size"""
-    num_layers: int = 2
+    num_layers: int = bounded(2, ge=1)
     """number of transformer layers"""
-    num_heads: int = 4
+    num_heads: int = bounded(4, ge=1)
     """attention heads"""
-    num_kv_heads: int = 2
+    num_kv_heads: int = bounded(2, ge=1)
     """key/value heads (grouped-query attention)"""
-    intermediate_size: int = 0
+    intermediate_size: int = bounded(0, ge=0)
     """MLP width (0 = 4 x hidden_size)"""
-    vocab_size: int = 512
-    """BPE vocabulary size of the tokenizer built for the run (ignored with init_from)"""
+    vocab_size: int = bounded(512, ge=260)
+    """BPE vocabulary size of the tokenizer built for the run (ignored with init_from); at least
+    256 bytes + specials"""
 
     def __post_init__(self):
-        for name in ("hidden_size", "num_layers", "num_heads", "num_kv_heads"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
         if self.hidden_size % self.num_heads:
             raise ValueError(
                 f"model.hidden_size {self.hidden_size} must be divisible by model.num_heads {self.num_heads}"
@@ -71,10 +70,6 @@ class ModelConfig:
             raise ValueError(
                 f"model.hidden_size / model.num_heads = {self.hidden_size // self.num_heads} must be even (rotary embeddings)"
             )
-        if self.vocab_size < 260:
-            raise ValueError(
-                f"model.vocab_size must be >= 260 (256 bytes + specials), got {self.vocab_size}"
-            )
 
 
 @dataclasses.dataclass
@@ -85,13 +80,13 @@ class DataConfig:
     """a .txt / .jsonl / .parquet file or a saved `datasets` folder (overrides builtin)"""
     text_field: str = "text"
     """column or JSON field holding the text"""
-    num_docs: int = 20000
+    num_docs: int = bounded(20000, ge=2)
     """documents generated for a built-in corpus"""
-    block_size: int = 128
+    block_size: int = bounded(128, ge=8)
     """tokens per packed training sequence"""
-    val_fraction: float = 0.02
+    val_fraction: float = bounded(0.02, gt=0, lt=1)
     """share of documents held out for validation"""
-    max_val_blocks: int = 64
+    max_val_blocks: int = bounded(64, ge=1)
     """cap on validation blocks (keeps periodic evaluation cheap)"""
 
     def __post_init__(self):
@@ -99,23 +94,17 @@ class DataConfig:
             raise ValueError(
                 f"data.builtin: {self.builtin!r} is not allowed; choose one of {list(BUILTIN)}"
             )
-        if self.num_docs < 2 or self.block_size < 8 or self.max_val_blocks < 1:
-            raise ValueError(
-                "data.num_docs must be >= 2, data.block_size >= 8, data.max_val_blocks >= 1"
-            )
-        if not 0 < self.val_fraction < 1:
-            raise ValueError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
 
 
 @dataclasses.dataclass
 class ReportConfig:
     enabled: bool = True
     """write the PMA report (table, figure, JSON) into RUN/report at the end of the run"""
-    n: int = 5
+    n: int = bounded(5, ge=1)
     """checkpoints per merge (the paper's N; it uses 10)"""
-    stride: int = 1
+    stride: int = bounded(1, ge=1)
     """merge every stride-th checkpoint, i.e. an interval V of stride x train.save_every steps"""
-    points: int = 4
+    points: int = bounded(4, ge=1)
     """merge points spread over the stable phase"""
     methods: list[str] = dataclasses.field(
         default_factory=lambda: ["sma", "wma", "ema:0.1", "ema:0.2"]
@@ -123,14 +112,11 @@ class ReportConfig:
     """merge methods: sma, wma, ema:<alpha>"""
 
     def __post_init__(self):
-        if self.n < 1 or self.stride < 1 or self.points < 1:
-            raise ValueError("report.n, report.stride and report.points must be >= 1")
-        from pmalopti.pma.weights import merge_weights
+        from pmalopti.pma.spec import MergeSpec
 
         for m in self.methods:
-            name, _, alpha = m.partition(":")
             try:
-                merge_weights(name, 2, float(alpha) if alpha else None)  # type: ignore[arg-type]
+                MergeSpec.parse(m)
             except ValueError as exc:
                 raise ValueError(
                     f"report.methods: {m!r}: {exc} (use sma, wma or ema:<alpha>)"
@@ -139,7 +125,7 @@ class ReportConfig:
 
 @dataclasses.dataclass
 class PretrainConfig:
-    seed: int = 0
+    seed: int = bounded(0, **SEED)
     """seed for model init, data generation and batch order"""
     init_from: str = ""
     """start from this checkpoint's weights and tokenizer with a fresh optimizer (PMA-init)"""
@@ -155,6 +141,8 @@ class PretrainConfig:
     """loop, checkpointing and logging"""
     report: ReportConfig = dataclasses.field(default_factory=ReportConfig)
     """PMA report at the end"""
+    online_pma: OnlinePMAConfig = dataclasses.field(default_factory=OnlinePMAConfig)
+    """PMA while training: running merges evaluated as they complete (docs/online-pma.md)"""
 
     def __post_init__(self):
         if self.schedule.warmup_steps + self.schedule.decay_steps > self.train.steps:
@@ -230,6 +218,7 @@ def pretrain(
     from pmalopti.models.tiny import load_tokenizer
 
     run_dir = Path(run_dir)
+    prepare_run_dir(run_dir, resume=resume, force=force, inputs=[cfg.init_from, cfg.data.path])
     resume_from = None
     if resume:
         ckpts = list_checkpoints(run_dir)
@@ -241,12 +230,6 @@ def pretrain(
         model, tok = load_model(resume_from), load_tokenizer(resume_from)
         train_texts = read_texts(run_dir / "data" / "train.jsonl")
     else:
-        if run_dir.exists() and any(run_dir.iterdir()):
-            if not force:
-                raise FileExistsError(
-                    f"run folder {run_dir} is not empty (use --resume to continue it, --force to overwrite)"
-                )
-            _clear_run(run_dir)
         train_texts, val_texts = corpus(cfg)
         model, tok = build_model_and_tokenizer(cfg, train_texts)
         write_jsonl(run_dir / "data" / "train.jsonl", train_texts)
@@ -280,10 +263,7 @@ def continue_run(
     from pmalopti.models.tiny import load_tokenizer
 
     src_run, out_run = Path(src_run), Path(out_run)
-    if out_run.exists() and any(out_run.iterdir()):
-        if not force:
-            raise FileExistsError(f"run folder {out_run} is not empty (use --force to overwrite)")
-        _clear_run(out_run)
+    prepare_run_dir(out_run, force=force, inputs=[src_run, init])
     for name in ("train.jsonl", "val.jsonl"):
         if not (src_run / "data" / name).is_file():
             raise FileNotFoundError(
@@ -334,6 +314,8 @@ def train_run(
         lm_batch(val[i : i + cfg.train.batch_size])
         for i in range(0, val.size(0), cfg.train.batch_size)
     ]
+    if cfg.online_pma.enabled:
+        hooks = (*hooks, online_pma_hook(cfg, run_dir, model, val_batches, resume_from, start_step))
     result = train(
         model,
         tok,
@@ -392,14 +374,3 @@ def report(run_dir: str | Path, cfg: PretrainConfig | None = None) -> dict[str, 
 
 def write_jsonl(path: Path, texts: list[str]) -> None:
     atomic_write_text(path, "".join(json.dumps({"text": t}) + "\n" for t in texts))
-
-
-def _clear_run(run_dir: Path) -> None:
-    """--force: remove what a previous run wrote (only our own names, never arbitrary files)."""
-    import shutil
-
-    for p in run_dir.iterdir():
-        if p.name.startswith("checkpoint-") or p.name in ("data", "report", "tb"):
-            shutil.rmtree(p, ignore_errors=True)
-        elif p.name in ("metrics.jsonl", "config.yaml"):
-            p.unlink()

@@ -1,137 +1,21 @@
-"""Loss-spike recovery with PMA-init (arXiv 2505.12082, Sec. 4.4).
+"""Loss-spike recovery with PMA-init (arXiv 2505.12082, Sec. 4.4): the orchestration.
 
 Find the spike in a run's metrics.jsonl, merge the N checkpoints saved before it, and optionally
-continue training from the merged weights.
-
-Step bookkeeping: the loss logged at step s is measured on the weights after s - 1 updates, so
-`checkpoint-(s-1)` holds the weights that *produced* the spiking loss. A checkpoint at step k
-counts as "before the spike" when k + 1 < s (its own loss was logged before the spike).
+continue training from the merged weights. Spike detection and the rule for which checkpoints
+count as before the spike (steps <= S - 2) are pure functions in `pmalopti.pma.spike`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import math
-import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
-from pmalopti.lm.loop import list_checkpoints, read_metrics
+from pmalopti.pma.spec import MergeSpec
+from pmalopti.pma.spike import Spike, checkpoints_before, spike_from_log
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass
-class Spike:
-    step: int
-    loss: float
-    median: float
-    factor: float
-    window: int
-    after: int = 0
-
-    @property
-    def rule(self) -> str:
-        return f"loss > {self.factor:g} x median of the previous {self.window} logged losses" + (
-            f", after step {self.after}" if self.after else ""
-        )
-
-    def describe(self) -> str:
-        ratio = (
-            self.loss / self.median if self.median > 0 and math.isfinite(self.loss) else math.inf
-        )
-        return (
-            f"loss spike at step {self.step}: loss {self.loss:.4g} = {ratio:.2f} x the rolling median "
-            f"{self.median:.4g} (rule: {self.rule})"
-        )
-
-
-def find_spike(
-    steps: Sequence[int],
-    losses: Sequence[float],
-    *,
-    factor: float = 2.0,
-    window: int = 20,
-    min_history: int = 5,
-    after: int = 0,
-) -> Spike | None:
-    """The first step after `after` whose loss exceeds `factor` x the median of up to `window`
-    previous losses.
-
-    `after` is usually the warmup length: loss bumps while the LR is still rising are transients
-    of the warmup, not the spikes of the constant-LR phase that PMA recovery is for.
-
-    A non-finite loss (NaN/inf) is a spike. Needs `min_history` earlier losses before judging, so
-    the fast early descent is never mistaken for a spike (a falling loss cannot exceed its median
-    anyway, but a median of one point is too noisy).
-    """
-    if factor <= 1:
-        raise ValueError(f"spike factor must be > 1, got {factor}")
-    if window < 1 or min_history < 1:
-        raise ValueError("spike window and min_history must be >= 1")
-    history: list[float] = []
-    for s, x in zip(steps, losses, strict=True):
-        if s > after and len(history) >= min_history:
-            med = statistics.median(history[-window:])
-            if not math.isfinite(x) or x > factor * med:
-                return Spike(int(s), float(x), med, factor, window, after)
-        if math.isfinite(x):
-            history.append(float(x))
-    return None
-
-
-def spike_from_log(run_dir: Path, *, factor: float, window: int, after: int | None = None) -> Spike:
-    """The spike in RUN/metrics.jsonl; `after` defaults to the run's warmup length."""
-    if after is None:
-        after = _warmup_steps(Path(run_dir))
-    rows = [r for r in read_metrics(Path(run_dir) / "metrics.jsonl") if "loss" in r]
-    if not rows:
-        raise ValueError(f"{run_dir}/metrics.jsonl has no loss values")
-    spike = find_spike(
-        [r["step"] for r in rows],
-        [float(r["loss"]) for r in rows],
-        factor=factor,
-        window=window,
-        after=after,
-    )
-    if spike is None:
-        raise ValueError(
-            f"no loss spike in {run_dir}/metrics.jsonl by the rule loss > {factor:g} x median of the previous "
-            f"{window} losses after step {after}; lower --factor or give --spike-step"
-        )
-    return spike
-
-
-def _warmup_steps(run_dir: Path) -> int:
-    import yaml
-
-    f = run_dir / "config.yaml"
-    if not f.is_file():
-        return 0
-    cfg = yaml.safe_load(f.read_text(encoding="utf-8")) or {}
-    return int((cfg.get("schedule") or {}).get("warmup_steps", 0))
-
-
-def checkpoints_before(run_dir: Path, spike_step: int, last: int) -> list[tuple[int, Path]]:
-    """The `last` newest checkpoints whose weights were measured before the spike (oldest first)."""
-    ckpts = list_checkpoints(run_dir)
-    if not ckpts:
-        raise FileNotFoundError(f"run folder {run_dir} has no checkpoint-* folders")
-    if last < 1:
-        raise ValueError(f"--last must be >= 1, got {last}")
-    before = [(s, p) for s, p in ckpts if s + 1 < spike_step]
-    if not before:
-        raise ValueError(
-            f"spike step {spike_step} is before the first usable checkpoint "
-            f"(the first is checkpoint-{ckpts[0][0]}; a checkpoint at step k needs k + 1 < spike step)"
-        )
-    if last > len(before):
-        raise ValueError(
-            f"--last {last} but only {len(before)} checkpoints were saved before the spike at step "
-            f"{spike_step}: steps {[s for s, _ in before]}"
-        )
-    return before[-last:]
 
 
 @dataclasses.dataclass
@@ -142,6 +26,8 @@ class Recovery:
     merged: list[tuple[int, Path]]
     weights: list[float]
     out: Path
+    notes: list[str] = dataclasses.field(default_factory=list)
+    """warnings about the selection (schedule phase, uneven spacing)"""
 
 
 def merge_before_spike(
@@ -153,35 +39,43 @@ def merge_before_spike(
     factor: float = 2.0,
     window: int = 20,
     after: int | None = None,
-    method: str = "sma",
+    method: MergeSpec | str = "sma",
     force: bool = False,
 ) -> Recovery:
     """Detect (or take) the spike step, merge the `last` checkpoints before it into `out`."""
-    from pmalopti.lm.evaluate import method_weights
+    from pmalopti.pma.select import discover_checkpoints, phase_notes, stable_steps
     from pmalopti.pma.streaming import merge_checkpoints
 
+    spec = method if isinstance(method, MergeSpec) else MergeSpec.parse(method)
     run_dir = Path(run_dir)
     spike = None
     if spike_step is None:
         spike = spike_from_log(run_dir, factor=factor, window=window, after=after)
         spike_step = spike.step
-    chosen = checkpoints_before(run_dir, spike_step, last)
-    weights = method_weights(method, len(chosen))
+    sel = checkpoints_before(discover_checkpoints(run_dir), spike_step, last)
+    chosen = [(c.step, c.path) for c in sel.checkpoints]
+    weights = spec.merge_weights(len(chosen))
     merge_checkpoints(
-        [p for _, p in chosen],
+        sel.checkpoints,
         weights,
         out,
         force=force,
         progress=False,
         metadata={
-            "method": method,
+            "method": str(spec),
             "purpose": "loss-spike recovery (PMA-init)",
             "spike_step": spike_step,
             "spike_rule": spike.rule if spike else "given with --spike-step",
         },
     )
+    notes = sel.notes + phase_notes(sel.checkpoints, stable_steps(run_dir))
     return Recovery(
-        spike_step=spike_step, spike=spike, merged=chosen, weights=weights, out=Path(out)
+        spike_step=spike_step,
+        spike=spike,
+        merged=chosen,  # type: ignore[arg-type]
+        weights=weights,
+        out=Path(out),
+        notes=notes,
     )
 
 
@@ -191,13 +85,15 @@ def resume_from_merge(
     resume_dir: str | Path,
     *,
     optimizer: str = "fresh",
+    config: str | Path | None = None,
     overrides: Sequence[str] = (),
     force: bool = False,
 ):
     """Continue the run from the merged weights at the newest merged checkpoint's step.
 
     `optimizer="fresh"` is PMA-init as in the paper (new AdamW state); "newest" reuses the
-    optimizer state of the newest merged checkpoint.
+    optimizer state of the newest merged checkpoint. `config` replaces RUN/config.yaml, and
+    `overrides` (`--set`) apply on top.
     """
     import json
 
@@ -206,7 +102,7 @@ def resume_from_merge(
     from pmalopti.lm.pretrain import PretrainConfig, continue_run
 
     run_dir = Path(run_dir)
-    cfg = load_config(PretrainConfig, run_dir / "config.yaml", list(overrides))
+    cfg = load_config(PretrainConfig, config or run_dir / "config.yaml", list(overrides))
     step, newest = rec.merged[-1]
     state = json.loads((newest / "trainer_state.json").read_text(encoding="utf-8"))
     opt_state = None

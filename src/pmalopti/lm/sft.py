@@ -15,9 +15,10 @@ from typing import Any
 
 import torch
 
-from pmalopti.config import save_config
+from pmalopti.config import SEED, bounded, save_config
 from pmalopti.lm.data import batch_indices
 from pmalopti.lm.loop import IGNORE, LoopResult, OptimConfig, ScheduleConfig, TrainConfig, train
+from pmalopti.runtime.fs import prepare_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -34,25 +35,19 @@ class SFTDataConfig:
     """column holding the prompt (with path)"""
     target_field: str = "target"
     """column holding the target response (with path)"""
-    num_train: int = 4000
+    num_train: int = bounded(4000, ge=1)
     """training samples drawn from the task"""
-    num_val: int = 200
+    num_val: int = bounded(200, ge=1)
     """validation samples (task split "test" when it has one; else held out from the file)"""
-    max_length: int = 128
+    max_length: int = bounded(128, ge=4)
     """longest prompt + target in tokens; longer examples are dropped (and counted)"""
-    eval_generate: int = 64
+    eval_generate: int = bounded(64, ge=0)
     """validation samples answered greedily at the end to measure task accuracy (0 = skip)"""
-
-    def __post_init__(self):
-        if self.num_train < 1 or self.num_val < 1 or self.max_length < 4 or self.eval_generate < 0:
-            raise ValueError(
-                "data.num_train and data.num_val must be >= 1, data.max_length >= 4, data.eval_generate >= 0"
-            )
 
 
 @dataclasses.dataclass
 class SFTConfig:
-    seed: int = 0
+    seed: int = bounded(0, **SEED)
     """seed for sampling and batch order"""
     init_from: str = ""
     """checkpoint to fine-tune (required; --init-from on the command line)"""
@@ -184,6 +179,11 @@ def sft(
     from pmalopti.models.tiny import load_tokenizer
 
     run_dir = Path(run_dir)
+    if not resume and not cfg.init_from:
+        raise ValueError(
+            "sft needs a model to fine-tune: --init-from CKPT (or init_from in the config)"
+        )
+    prepare_run_dir(run_dir, resume=resume, force=force, inputs=[cfg.init_from, cfg.data.path])
     resume_from = None
     if resume:
         ckpts = list_checkpoints(run_dir)
@@ -194,14 +194,6 @@ def sft(
         resume_from = ckpts[-1][1]
         source = resume_from
     else:
-        if not cfg.init_from:
-            raise ValueError(
-                "sft needs a model to fine-tune: --init-from CKPT (or init_from in the config)"
-            )
-        if run_dir.exists() and any(run_dir.iterdir()) and not force:
-            raise FileExistsError(
-                f"run folder {run_dir} is not empty (use --resume to continue it, --force to overwrite)"
-            )
         source = Path(cfg.init_from)
     model, tok = load_model(source), load_tokenizer(source)
     train_rows, val_rows, task = load_pairs(cfg)

@@ -1,8 +1,9 @@
 """PMA: merge checkpoints along a pre-training run (offline, streaming) and while training (online)."""
 
+from pmalopti.pma.spec import MergeSpec
 from pmalopti.pma.weights import METHODS, merge_weights, normalize_weights
 
-__all__ = ["METHODS", "merge_weights", "normalize_weights"]
+__all__ = ["METHODS", "MergeSpec", "merge_weights", "normalize_weights"]
 
 # Online averaging: imported on first use, so `import pmalopti.pma` stays light (torch, and
 # transformers for the callback, load only when asked for).
@@ -17,6 +18,9 @@ _LAZY = {
     "checkpoints_from_paths": "pmalopti.pma.select",
     "discover_checkpoints": "pmalopti.pma.select",
     "select_checkpoints": "pmalopti.pma.select",
+    "merged_state_dict": "pmalopti.pma.in_memory",
+    "find_spike": "pmalopti.pma.spike",
+    "until_before_spike": "pmalopti.pma.spike",
 }
 __all__ += list(_LAZY)
 

@@ -317,7 +317,7 @@ class OnlineAverager:
         for k, t in enumerate(self._tensors):
             local = _local(t).detach()
             if not self._is_float[k]:
-                # Step counters and integer buffers are not averaged: the newest one wins (DESIGN.md).
+                # Integer buffers and step counters: the newest wins, never averaged (docs/design.md).
                 for w, i in folds:
                     if i == last_index:
                         w.acc[k] = local.to(self._dev(t), copy=True)

@@ -11,15 +11,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pmalopti.runtime.fs import atomic_write_json, atomic_write_text
-
-METHOD_LABELS = {"sma": "SMA", "wma": "WMA"}
+from pmalopti.pma.spec import MergeSpec
+from pmalopti.runtime.fs import atomic_write_json, atomic_write_text, save_figure
 
 
 def method_label(method: str) -> str:
     """ "ema:0.2" -> "EMA α=0.2"; "sma" -> "SMA"."""
-    name, _, alpha = method.partition(":")
-    return f"EMA α={alpha}" if name == "ema" else METHOD_LABELS.get(name, name.upper())
+    return MergeSpec.parse(method).label
 
 
 def _fmt(v: Any, floatfmt: str) -> str:
@@ -127,17 +125,10 @@ def plot_pma(result: Mapping[str, Any], out_png: str | Path, title: str | None =
 
 
 def _save(fig, ax, out_png: str | Path) -> Path:
-    """Grid, legend and layout, then write the PNG (creating its folder) and free the figure."""
-    import matplotlib.pyplot as plt
-
+    """Grid and legend, then `save_figure`."""
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png)
-    plt.close(fig)
-    return out_png
+    return save_figure(fig, out_png)
 
 
 def _zoom(ax, ys: Sequence[float]) -> None:

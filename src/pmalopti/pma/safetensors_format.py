@@ -145,17 +145,6 @@ def pread_into(fd: int, offset: int, view: memoryview, what: str) -> None:
         got += k
 
 
-def read_tensor(t: StoredTensor) -> torch.Tensor:
-    """One whole tensor, read into fresh memory."""
-    buf = torch.empty(t.spec.nbytes, dtype=torch.uint8)  # (bytes,)
-    fd = os.open(t.file, os.O_RDONLY)
-    try:
-        pread_into(fd, t.offset, memoryview(buf.numpy()), f"{t.file}: tensor {t.spec.name!r}")
-    finally:
-        os.close(fd)
-    return buf.view(t.spec.dtype).reshape(t.spec.shape)
-
-
 def header_bytes(specs: list[TensorSpec], metadata: dict[str, str] | None = None) -> bytes:
     """The length prefix and JSON header for `specs` laid out back to back in this order."""
     header: dict[str, object] = {"__metadata__": {"format": "pt", **(metadata or {})}}

@@ -2,7 +2,7 @@
 
 Every tensor is cut into pieces of at most `chunk_bytes` of input. Worker threads each take a
 piece, read it from the N inputs (`pread` into a reused buffer) and accumulate the weighted sum
-in float32 (DESIGN.md "Merging"); the calling thread appends finished pieces, in order, to the
+in float32 (docs/design.md "Merging"); the calling thread appends finished pieces, in order, to the
 output shard. File reads, torch kernels and file writes release the GIL, so reading, summing
 and writing overlap, and memory is a few pieces per worker whatever N and the model size.
 All inputs are opened and checked (headers, names, shapes, dtypes, architectures) before
@@ -58,13 +58,27 @@ def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
         raise ValueError(f"dtype {dtype!r} is not supported; choose bf16, fp16 or fp32") from None
 
 
+# Floating dtypes that are averaged; inputs may differ among these (a bf16 model and its fp32
+# fine-tune): every sum is float32 whatever they are.
+MERGEABLE = {torch.float16, torch.bfloat16, torch.float32, torch.float64}
+
+
 def check_compatible(readers: Sequence[CheckpointReader]) -> None:
-    """Every input must hold the same tensors with the same shapes and dtypes as the newest.
+    """Every input must hold the same tensors with the same shapes as the newest, and dtypes that
+    are equal or both mergeable floating dtypes; quantized (FP8) tensors are refused.
 
     A tensor that is absent because it is tied (e.g. `lm_head.weight`) must be absent everywhere.
     """
     ref = readers[-1]
     arch = _architecture(ref)
+    for r in readers:
+        for name, spec in r.specs.items():
+            if spec.dtype.is_floating_point and spec.dtype not in MERGEABLE:
+                raise ValueError(
+                    f"tensor {name!r} in checkpoint {r.path} is {_dtype_name(spec.dtype)}, a "
+                    "quantized dtype: averaging it without its scales would be wrong; "
+                    "dequantize the checkpoints to bf16/fp32 first"
+                )
     for r in readers[:-1]:
         other = _architecture(r)
         if arch and other and arch != other:
@@ -91,11 +105,34 @@ def check_compatible(readers: Sequence[CheckpointReader]) -> None:
                     f"tensor {name!r}: shape {list(s.shape)} in checkpoint {r.path} but "
                     f"{list(spec.shape)} in {ref.path}"
                 )
-            if s.dtype != spec.dtype:
+            if s.dtype != spec.dtype and not (s.dtype in MERGEABLE and spec.dtype in MERGEABLE):
                 raise ValueError(
                     f"tensor {name!r}: dtype {s.dtype} in checkpoint {r.path} but {spec.dtype} "
                     f"in {ref.path}"
                 )
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def dtype_summary(readers: Sequence[CheckpointReader], out_dtype: torch.dtype | None) -> str:
+    """One line saying what the floating tensors are written as, and why."""
+    short = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+
+    def names(specs) -> list[str]:
+        found = {s.dtype for s in specs.values() if s.dtype.is_floating_point}
+        return sorted(short.get(d, _dtype_name(d)) for d in found)
+
+    newest = names(readers[-1].specs)
+    seen = sorted({d for r in readers for d in names(r.specs)})
+    if out_dtype is not None:
+        line = f"output dtype: {short.get(out_dtype, _dtype_name(out_dtype))} (--dtype)"
+    else:
+        line = f"output dtype: {'/'.join(newest) or 'none'} (the newest checkpoint's)"
+    if len(seen) > 1:
+        line += f"; inputs hold {', '.join(seen)}, summed in fp32"
+    return line
 
 
 def _architecture(r: CheckpointReader) -> tuple[str, str] | None:
@@ -121,16 +158,18 @@ def merge_checkpoints(
     progress: bool = True,
     metadata: Mapping[str, Any] | None = None,
     workers: int | None = None,
-    chunk_bytes: int = 256 << 10,
+    chunk_bytes: int = 1 << 20,
+    read_ahead: int | None = None,
 ) -> Path:
     """Merge checkpoints (oldest first) with `weights` (normalised to sum to 1) into `out_dir`.
 
-    Floating tensors: float32 weighted sum cast to their stored dtype, or to `dtype`
-    (bf16 | fp16 | fp32). Other tensors are copied from the newest input and must be equal in
+    Floating tensors: float32 weighted sum cast to the newest checkpoint's dtype, or to `dtype`
+    (bf16 | fp16 | fp32); inputs may differ in floating dtype. FP8 is refused. Other tensors are copied from the newest input and must be equal in
     all. The output is a Hugging Face folder (sharded safetensors of at most `shard_size` bytes,
     config and tokenizer files of the newest input, `pmalopti_merge.json` with `metadata`).
     Memory: a few pieces of `chunk_bytes` per worker thread (default: one per core, at most 8),
-    whatever N and the model size.
+    whatever N and the model size. `read_ahead`: bytes to ask the kernel to prefetch ahead of
+    each read, per input file (for network filesystems; e.g. 16 MiB).
     """
     ckpts = [p if isinstance(p, Checkpoint) else describe(p) for p in paths]
     if not ckpts:
@@ -149,6 +188,10 @@ def merge_checkpoints(
     with ExitStack() as stack:
         readers = [stack.enter_context(CheckpointReader(c.path)) for c in ckpts]
         check_compatible(readers)
+        if read_ahead:
+            for r in readers:
+                r.read_ahead = read_ahead
+        log.info(dtype_summary(readers, out_dtype))
         newest = readers[-1]
         out_specs = [
             TensorSpec(
@@ -197,12 +240,16 @@ def _stream(
     it) and written in order by this thread; pread, torch kernels and write all release the GIL,
     so reading, summing and writing overlap on as many cores as there are workers."""
     t0 = time.perf_counter()
-    in_specs = readers[-1].specs
+    # Per tensor: each input's dtype (they may differ among floating dtypes) and the largest
+    # item size, which sets how many elements fit a piece of `chunk_bytes`.
+    in_dtypes = {s.name: [r.specs[s.name].dtype for r in readers] for s in out_specs}
+    floating = {n: d[-1].is_floating_point for n, d in in_dtypes.items()}
     pieces = [
         (spec, start, count)
         for spec in out_specs
         for start, count in _pieces(
-            math.prod(spec.shape), max(1, chunk_bytes // in_specs[spec.name].dtype.itemsize)
+            math.prod(spec.shape),
+            max(1, chunk_bytes // max(d.itemsize for d in in_dtypes[spec.name])),
         )
     ]
     local = threading.local()
@@ -214,24 +261,25 @@ def _stream(
             local.read = torch.empty(chunk_bytes, dtype=torch.uint8)
             local.acc = torch.empty(chunk_bytes, dtype=torch.float32)
             local.scratch = torch.empty(chunk_bytes, dtype=torch.float32)
-        in_dtype = in_specs[spec.name].dtype
         acc = local.acc[:count]  # (count,) running float32 sum
         o = obuf[: count * spec.dtype.itemsize].view(spec.dtype)  # (count,)
+        if not floating[spec.name]:
+            for i, r in enumerate(readers):
+                x = r.read_into(spec.name, start, count, local.read)  # (count,) as stored
+                if i == 0:
+                    o.copy_(x)
+                elif not torch.equal(o, x):
+                    raise ValueError(
+                        f"tensor {spec.name!r} is not floating point ({x.dtype}), so it is "
+                        f"copied rather than averaged, but it differs between checkpoints "
+                        f"{readers[0].path} and {r.path}"
+                    )
+            return o
         for i, r in enumerate(readers):
             x = r.read_into(spec.name, start, count, local.read)  # (count,) as stored
-            if in_dtype.is_floating_point:
-                _accumulate(acc, local.scratch[:count], x, ws[i], first=i == 0)
-            elif i == 0:
-                o.copy_(x)
-            elif not torch.equal(o, x):
-                raise ValueError(
-                    f"tensor {spec.name!r} is not floating point ({in_dtype}), so it is copied "
-                    f"rather than averaged, but it differs between checkpoints "
-                    f"{readers[0].path} and {r.path}"
-                )
-        if in_dtype.is_floating_point:
-            o.copy_(acc)
-            _check_finite(o, spec.name)
+            _accumulate(acc, local.scratch[:count], x, ws[i], first=i == 0)
+        o.copy_(acc)
+        _check_finite(o, spec.name)
         return o
 
     total = sum(r.nbytes for r in readers)
@@ -262,7 +310,7 @@ def _stream(
                     o = fut.result()
                     writer.write_part(spec.name, o)
                     free.append(obuf)
-                    bar.update(o.numel() * in_specs[spec.name].dtype.itemsize * len(readers))
+                    bar.update(o.numel() * sum(d.itemsize for d in in_dtypes[spec.name]))
                 writer.close()
             except BaseException:
                 for _spec, _obuf, fut in pending:

@@ -1,6 +1,6 @@
 """The GRPO policy loss as verl's "vanilla" PPO loss: clipped ratio, dual clip, k3 KL, aggregation.
 
-DESIGN.md "GRPO with AR and Lopti" states the formulas; this module is their one home. Every
+docs/design.md "GRPO with AR and Lopti" states the formulas; this module is their one home. Every
 function is pure: tensors in, tensors (and python-float metrics) out.
 """
 
