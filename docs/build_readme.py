@@ -36,6 +36,7 @@ RENDERERS = {
     "spike": lambda args: results.spike_table(),
     "rl_kk": lambda args: results.rl_table(args),
     "rl_fig1": lambda args: results.rl_fig1_table(args),
+    "rl_effect": lambda args: results.rl_effect_table(),
 }
 
 

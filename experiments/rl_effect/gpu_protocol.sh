@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The RL comparison of experiments/rl_effect at a larger scale, as one prepared run of <= 10 minutes
-# on one GPU (sized for an H200; no downloads: the model is built from a config and trained here).
+# The rl_effect comparison at a larger scale on one GPU, in <= 10 minutes (NOT RUN YET).
+#
+# Sized for an H200; no downloads: the model is built from a config and trained here.
 #
 # NOT RUN YET: no GPU was available in the session that wrote it. Its timings are estimates.
 #

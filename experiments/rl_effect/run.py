@@ -83,12 +83,12 @@ SETTINGS: dict[str, list[str]] = {
         "rollout.temperature=0.7",
         *_PROBE,
     ],
-    # from SFT step 2,750 (the main start): lr (main: 5e-5), sampling temperature, group size
-    "lr1e-4": ["optim.lr=1e-4"],
-    "lr2e-4": ["optim.lr=2e-4"],
-    "T0.7": ["rollout.temperature=0.7"],
-    "G16": ["rollout.prompts_per_step=8", "rollout.group_size=16"],
-    "sft2500-lr5e-5": ["model.path=runs/rl_effect/sft/checkpoint-2500"],
+    # from SFT step 2,750 (the main start; main: lr 5e-5, T 0.7): lr, temperature, group size
+    "lr1e-4": ["optim.lr=1e-4", "rollout.temperature=1.0"],
+    "lr2e-4": ["optim.lr=2e-4", "rollout.temperature=1.0"],
+    "T1.0": ["rollout.temperature=1.0"],
+    "G16": ["rollout.prompts_per_step=8", "rollout.group_size=16", "rollout.temperature=1.0"],
+    "sft2500-lr5e-5": ["model.path=runs/rl_effect/sft/checkpoint-2500", "rollout.temperature=1.0"],
 }
 
 

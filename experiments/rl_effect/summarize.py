@@ -2,8 +2,9 @@
 
 The logs are copied (trimmed to the keys used here) from the run folders into logs/, so the report
 can be rebuilt from committed files: `python experiments/rl_effect/run.py --stage report`.
-Every number in README.md's results section and in docs/experiments.md's rl_effect section is
-written here from those logs; none is typed by hand.
+Every number in README.md's results section is written here from those logs, and
+docs/experiments.md's `gen:rl_effect` block is rendered from summary.json by docs/build_readme.py;
+none is typed by hand.
 """
 
 from __future__ import annotations
@@ -357,21 +358,6 @@ def _replace_between(path: Path, tag: str, body: str) -> None:
     atomic_write_text(path, head + begin + "\n" + body.rstrip() + "\n" + end + tail)
 
 
-def headline(main: dict) -> str:
-    vs = main["variants"]
-    parts = []
-    for v, s in vs.items():
-        start = [x["start_accuracy"] for x in s["seeds"]]
-        final = [x["final_accuracy"] for x in s["seeds"]]
-        parts.append(f"{NAMES[v]} {pm(start)} → **{pm(final)}**")
-    return (
-        f"Held-out greedy accuracy on reversed 2-3 digit sums (1M-parameter model, "
-        f"{main['steps']} GRPO steps, mean ± std over {vs['grpo']['n']} seeds): "
-        + "; ".join(parts)
-        + "."
-    )
-
-
 def write_report(
     runs: Path,
     out: Path,
@@ -395,10 +381,16 @@ def write_report(
     main = res["main"]
     atomic_write_json(out / "summary.json", main)
     md = tables(main, search)
-    atomic_write_text(out / "results.md", md)
+    title = "# experiments/rl_effect: results (written by summarize.py from logs/)\n\n"
+    atomic_write_text(out / "results.md", title + md)
     figures(main, out)
-    if update_docs:
+    if update_docs:  # this README's results section; docs/experiments.md via docs/build_readme.py
         _replace_between(out / "README.md", "results", md)
-        docs = out.parents[1] / "docs" / "experiments.md"
-        _replace_between(docs, "rl_effect", headline(main))
+        import subprocess
+        import sys
+
+        root = out.parents[1]
+        subprocess.run(
+            [sys.executable, str(root / "docs" / "build_readme.py")], cwd=root, check=True
+        )
     print(md)
