@@ -12,12 +12,14 @@ mergekit lives in its own virtual environment (see benchmarks/README.md):
     /tmp/mergekit-venv/bin/pip install torch==2.13.0 && /tmp/mergekit-venv/bin/pip install mergekit
 
 Run:  python benchmarks/merge_vs_mergekit.py [--workdir /tmp/pmalopti-bench] [--n 10]
-Nothing here is committed: the checkpoints and outputs stay in WORKDIR (removed with --clean).
+The checkpoints and outputs stay in WORKDIR (removed with --clean); the measurements go to
+benchmarks/results/merge_vs_mergekit.json (--json), which docs/benchmarks.md is generated from.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import shutil
@@ -132,7 +134,14 @@ def main() -> int:
     ap.add_argument("--mergekit", default="/tmp/mergekit-venv/bin/mergekit-yaml")
     ap.add_argument("--repeats", type=int, default=1, help="best-of repeats for each timing")
     ap.add_argument("--clean", action="store_true", help="remove WORKDIR at the end")
+    ap.add_argument(
+        "--json",
+        type=Path,
+        default=Path(__file__).parent / "results" / "merge_vs_mergekit.json",
+        help="where to write the measurements",
+    )
     args = ap.parse_args()
+    load_start = os.getloadavg()
     work = args.workdir
     ckpts = make_checkpoints(work / "run", args.n)
     files = sorted(str(f) for c in ckpts for f in c.glob("*.safetensors"))
@@ -199,6 +208,39 @@ def main() -> int:
             f"{100 * c['share_differ']:.2f}% of elements differ, "
             f"{c['beyond_1ulp']} by more than one bf16 ulp"
         )
+    result = {
+        "benchmark": "benchmarks/merge_vs_mergekit.py",
+        "n": args.n,
+        "input_gb": round(size_gb, 3),
+        "cpus": os.cpu_count(),
+        "load_average_1min": {"start": load_start[0], "end": os.getloadavg()[0]},
+        "torch": torch.__version__,
+        "repeats": args.repeats,
+        "jobs": {
+            name: {"wall_s": round(w, 3), "cpu_s": round(c, 3), "peak_rss_gb": round(r, 3)}
+            for name, (w, r, c) in rows.items()
+        },
+    }
+    if have_mergekit:
+        result["mergekit"] = (
+            subprocess.run(
+                [
+                    str(Path(args.mergekit).with_name("python")),
+                    "-c",
+                    "import importlib.metadata as m; print(m.version('mergekit'))",
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout.strip()
+            or "unknown"
+        )
+        result["mergekit_over_pmalopti_wall"] = round(mk[0] / ours[0], 2)
+        result["mergekit_over_pmalopti_cpu"] = round(mk[2] / ours[2], 2)
+        result["equality"] = c
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {args.json}")
     if args.clean:
         shutil.rmtree(work)
     return 0

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     from pmalopti.lm.data import tokenize_blocks
-    from pmalopti.lm.loop import quiet_transformers, train
+    from pmalopti.lm.loop import train
     from pmalopti.lm.pretrain import (
         PretrainConfig,
         build_model_and_tokenizer,
@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         make_batches,
     )
     from pmalopti.pma.online import OnlineAverager
+    from pmalopti.runtime.hf import quiet_transformers
 
     cfg = PretrainConfig()
     cfg.model.hidden_size, cfg.model.num_layers = args.hidden, args.layers

@@ -37,6 +37,7 @@ RENDERERS = {
     "rl_kk": lambda args: results.rl_table(args),
     "rl_fig1": lambda args: results.rl_fig1_table(args),
     "rl_effect": lambda args: results.rl_effect_table(),
+    "merge_bench": lambda args: results.merge_benchmark(),
 }
 
 

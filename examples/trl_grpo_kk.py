@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
     from transformers import AutoModelForCausalLM
 
     from pmalopti.integrations.trl import LoptiGRPOTrainer
-    from pmalopti.models.tiny import load_tokenizer
+    from pmalopti.runtime.hf import load_tokenizer
     from pmalopti.tasks import get_task, trl_reward
 
     args = parse_args(argv)

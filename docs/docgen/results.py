@@ -285,6 +285,59 @@ def rl_effect_table() -> str:
     )
 
 
+# --- benchmarks --------------------------------------------------------------------------------
+
+MERGE_BENCH = "benchmarks/results/merge_vs_mergekit.json"
+
+
+def merge_benchmark() -> str:
+    """The merge benchmark's table and ratio line, from its committed JSON."""
+    b = load(MERGE_BENCH)
+    jobs = b["jobs"]
+    rows = [
+        [name, f"{j['wall_s']:.2f}", f"{j['cpu_s']:.2f}", f"{j['peak_rss_gb']:.2f}"]
+        for name, j in jobs.items()
+    ]
+    ours = jobs[f"pmalopti merge, N={b['n']}"]
+    load_ = b["load_average_1min"]
+    line = (
+        f"{b['n']} checkpoints, {b['input_gb']:.2f} GB of bf16 safetensors, page cache warm, "
+        f"{b['cpus']} CPUs, load average {load_['start']:.1f} at the start and "
+        f"{load_['end']:.1f} at the end, best of {b['repeats']}: `pmalopti merge` "
+        f"{ours['wall_s']:.2f} s with peak RSS {ours['peak_rss_gb']:.2f} GB"
+    )
+    if "mergekit_over_pmalopti_wall" in b:
+        eq = b["equality"]
+        line += (
+            f"; mergekit {b['mergekit']} `linear` takes {b['mergekit_over_pmalopti_wall']:.1f}x "
+            f"the wall time and {b['mergekit_over_pmalopti_cpu']:.1f}x the CPU time; the merged "
+            f"models differ in {100 * eq['share_differ']:.2f}% of elements, "
+            f"{eq['beyond_1ulp']} by more than one bf16 ulp"
+        )
+    return _table(["job", "wall (s)", "CPU (s)", "peak RSS (GB)"], rows) + "\n\n" + line + "."
+
+
+def merge_benchmark_sentence() -> str:
+    b = load(MERGE_BENCH)
+    jobs = b["jobs"]
+    small, big = jobs["pmalopti merge, N=2"], jobs[f"pmalopti merge, N={b['n']}"]
+    text = (
+        f"Merging {b['n']} bf16 checkpoints ({b['input_gb']:.2f} GB, {b['cpus']} CPUs): "
+        f"`pmalopti merge` {big['wall_s']:.1f} s, peak memory {small['peak_rss_gb']:.2f} GB at "
+        f"N = 2 and {big['peak_rss_gb']:.2f} GB at N = {b['n']}"
+    )
+    if "mergekit_over_pmalopti_wall" in b:
+        mk = jobs[f"mergekit linear, N={b['n']}"]
+        text += (
+            f"; mergekit {b['mergekit']} takes {b['mergekit_over_pmalopti_wall']:.1f}× the wall "
+            f"time and {mk['peak_rss_gb']:.2f} GB, for the same result up to one bf16 rounding step"
+            if b["equality"]["beyond_1ulp"] == 0
+            else f"; mergekit {b['mergekit']} takes {b['mergekit_over_pmalopti_wall']:.1f}× the "
+            f"wall time and {mk['peak_rss_gb']:.2f} GB"
+        )
+    return text
+
+
 # --- README summary ----------------------------------------------------------------------------
 
 
@@ -299,5 +352,63 @@ def readme_results() -> str:
         "**AR and Lopti for GRPO, tiny models** ([every seed](experiments/rl_kk/README.md))",
         f"- The paper's Fig. 1 reproduces: {fig1}.",
         f"- The paper's accuracy gains do not reproduce at this scale. {acc}.",
+        "",
+        "**Benchmarks** ([benchmarks](docs/benchmarks.md))",
+        f"- {merge_benchmark_sentence()}.",
+        gpu_sentence(),
     ]
+    return "\n".join(lines)
+
+
+# --- GPU check ---------------------------------------------------------------------------------
+
+
+def gpu_check_files() -> list[Path]:
+    """Committed GPU runs of benchmarks/gpu_check.py (the CPU miniature is not a GPU number)."""
+    out = []
+    for path in sorted((ROOT / "benchmarks" / "results").glob("gpu_check_*.json")):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("mode") != "cpu-tiny":
+            out.append(path)
+    return out
+
+
+def _section(data: dict, name: str) -> dict | None:
+    sec = data.get("sections", {}).get(name) or {}
+    return sec.get("result") if sec.get("status") == "ok" else None
+
+
+def gpu_sentence() -> str:
+    files = gpu_check_files()
+    if not files:
+        return (
+            "- Not yet measured: the prepared check `benchmarks/gpu_check.py` has not run on a GPU."
+        )
+    lines = []
+    for path in files:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        env = _section(data, "environment") or {}
+        rel = path.relative_to(ROOT).as_posix()
+        parts = []
+        grpo = _section(data, "grpo")
+        if grpo:
+            base = grpo["grpo"]
+            parts.append(
+                f"built-in GRPO {base['steps_per_s']:.2f} steps/s "
+                f"({base['generated_tokens_per_s']:.0f} generated tokens/s)"
+            )
+            for key, label in (("grpo+ar", "+ AR"), ("grpo+ar+lopti", "+ AR + Lopti")):
+                if key in grpo and "step_time_vs_grpo" in grpo[key]:
+                    parts.append(f"{label} {grpo[key]['step_time_vs_grpo']:.2f}× its step time")
+        online = _section(data, "online_averager")
+        if online and "accumulators_same" in online:
+            share = online["accumulators_same"]["inside_over_baseline_step"]
+            parts.append(f"online averager at V = {online['interval']}: {share:.1%} of a step")
+        merge = _section(data, "merge")
+        if merge:
+            parts.append(
+                f"merge of {merge['checkpoints']} checkpoints {merge['read_gb_per_s']:.2f} GB/s read"
+            )
+        device = env.get("device_name", path.stem)
+        lines.append(f"- One {device} ([{path.name}]({rel})): " + "; ".join(parts) + ".")
     return "\n".join(lines)

@@ -15,9 +15,9 @@ import json
 import statistics
 from pathlib import Path
 
-from pmalopti.lm.loop import read_metrics
 from pmalopti.pma.report import markdown_table, plot_curves
 from pmalopti.runtime.fs import atomic_write_text
+from pmalopti.runtime.runlog import read_metrics
 
 
 def main() -> None:

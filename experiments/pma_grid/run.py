@@ -157,13 +157,13 @@ def evaluate_seed(run: Path) -> dict:
     from pmalopti.lm.evaluate import (
         blocks_loss,
         load_into,
-        load_model,
         merged_state_dict,
         method_weights,
     )
-    from pmalopti.lm.loop import list_checkpoints, read_metrics
     from pmalopti.lm.pretrain import PretrainConfig, val_blocks_of
-    from pmalopti.models.tiny import load_tokenizer
+    from pmalopti.runtime.checkpoint import list_checkpoints
+    from pmalopti.runtime.hf import load_model, load_tokenizer
+    from pmalopti.runtime.runlog import read_metrics
 
     torch.set_num_threads(1)
     const = run / "const"

@@ -241,7 +241,9 @@ def run_dir(runs: Path, task: str, variant: str, seed: int) -> Path:
 
 
 def finished(run: Path, steps: int) -> bool:
-    log = run / "log.jsonl"
+    from pmalopti.runtime.runlog import metrics_path
+
+    log = metrics_path(run)  # metrics.jsonl (log.jsonl in runs made before it was renamed)
     if not log.exists():
         return False
     recs = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]

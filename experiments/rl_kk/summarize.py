@@ -1,4 +1,4 @@
-"""Tables and figures of the RL experiment from the GRPO runs' log.jsonl files (run.py --stage report).
+"""Tables and figures of the RL experiment from the GRPO runs' metrics.jsonl files (run.py --stage report).
 
 Every seed of every variant is reported; the headline is the final evaluation (greedy, held-out
 puzzles) with mean ± sample standard deviation over seeds. Nothing is selected by best step.
@@ -12,15 +12,15 @@ from pathlib import Path
 
 from run import SLUG, VARIANTS
 
+from pmalopti.runtime.runlog import metrics_path, read_metrics
+
 BUCKETS = ("p<0.25", "0.25<=p<0.5", "0.5<=p<0.75", "p>=0.75")
 BUCKET_TEXT = ("< 0.25", "0.25–0.5", "0.5–0.75", "≥ 0.75")
 COLORS = {"GRPO": "tab:gray", "+AR": "tab:blue", "+Lopti": "tab:orange", "+AR+Lopti": "tab:green"}
 
 
 def read_log(run: Path) -> list[dict]:
-    return [
-        json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()
-    ]
+    return read_metrics(run)  # metrics.jsonl (log.jsonl in runs made before it was renamed)
 
 
 def _mean(xs: list[float]) -> float:
@@ -62,7 +62,7 @@ def collect(runs: Path, task: str, seeds: list[int], steps: int) -> dict:
     for v in VARIANTS:
         for s in seeds:
             run = runs / "grpo" / task / f"{SLUG[v]}-s{s}"
-            if not (run / "log.jsonl").exists():
+            if not metrics_path(run).exists():
                 continue
             recs = read_log(run)
             evals = [r for r in recs if "eval/accuracy" in r]

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import types
 import typing
 from pathlib import Path
@@ -23,6 +22,7 @@ import yaml
 
 from pmalopti.errors import UserError
 from pmalopti.runtime.fs import atomic_write_text
+from pmalopti.runtime.threads import MAX_THREADS  # noqa: F401  (declared beside its use)
 
 T = TypeVar("T")
 
@@ -32,8 +32,6 @@ MAX_YAML_NODES = 100_000
 """most values a YAML document may hold once its aliases are expanded (refuses alias bombs)"""
 MAX_YAML_DEPTH = 64
 """deepest nesting of a YAML document"""
-MAX_THREADS = 4 * (os.cpu_count() or 1)
-"""most CPU threads a config may ask torch for (far more than the cores only slows it down)"""
 SEED = {"ge": 0, "lt": 2**32}
 """bounds of a seed field: `seed: int = bounded(0, **SEED)`"""
 _INT64 = 2**63

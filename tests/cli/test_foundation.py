@@ -6,8 +6,8 @@ import pytest
 from pmalopti.cli import main
 from pmalopti.config import ConfigError, load_config, parse_overrides, save_config
 from pmalopti.errors import UserError
-from pmalopti.models.tiny import load_tokenizer
 from pmalopti.runtime.fs import atomic_dir, check_output_dir
+from pmalopti.runtime.hf import load_tokenizer
 
 
 @dataclasses.dataclass

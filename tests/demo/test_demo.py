@@ -14,8 +14,8 @@ from pmalopti.cli import main
 from pmalopti.config import ConfigError, load_config
 from pmalopti.demo.config import DemoConfig, load_demo_config
 from pmalopti.demo.writeup import accuracy_noise, compare
-from pmalopti.lm.loop import read_metrics
 from pmalopti.pma.weights import merge_weights
+from pmalopti.runtime.runlog import read_metrics
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def test_smoke_demo_writes_report_summary_figures_and_every_stage_folder(demo):
     for run in ("pretrain", "sft-from-latest", "sft-from-pma", "grpo", "grpo-ar-lopti"):
         assert (out / run / "config.yaml").is_file()
     assert (out / "pretrain" / "metrics.jsonl").is_file()
-    assert (out / "grpo" / "log.jsonl").is_file()
+    assert (out / "grpo" / "metrics.jsonl").is_file()
     assert (out / "pma-init" / "config.json").is_file()
     assert s["size"] == "smoke" and s["seed"] == 3
     assert all(math.isfinite(x) for x in _numbers({k: s[k] for k in ("pretrain", "sft", "grpo")}))
@@ -131,7 +131,7 @@ def test_grpo_accuracies_and_bucket_shares_come_from_the_run_logs(demo):
     out, s, report = demo
     for name, folder in (("grpo", "grpo"), ("grpo+ar+lopti", "grpo-ar-lopti")):
         run = s["grpo"][name]
-        log = [json.loads(x) for x in (out / folder / "log.jsonl").read_text().splitlines()]
+        log = [json.loads(x) for x in (out / folder / "metrics.jsonl").read_text().splitlines()]
         assert run["after"]["eval/accuracy"] == log[-1]["eval/accuracy"]
         assert run["before"] == json.loads((out / folder / "eval_before.json").read_text())
         assert [c["reward/mean"] for c in run["curve"]] == [r["reward/mean"] for r in log]

@@ -124,7 +124,7 @@ def test_resuming_from_a_checkpoint_continues_exactly_like_an_uninterrupted_run(
     assert [_loss_keys(r) for r in got] == [_loss_keys(r) for r in want[2:]]
     for a, b in zip(full.model.parameters(), resumed.model.parameters(), strict=True):
         assert torch.equal(a, b)
-    logged = [json.loads(x)["step"] for x in (part_dir / "log.jsonl").read_text().splitlines()]
+    logged = [json.loads(x)["step"] for x in (part_dir / "metrics.jsonl").read_text().splitlines()]
     assert logged == [1, 2, 3, 4]
 
 
@@ -164,11 +164,11 @@ def test_the_grpo_command_writes_config_log_and_loadable_checkpoints(tmp_path, m
 
     monkeypatch.setattr(gm, "load_reference", no_reference)
     out = tmp_path / "run"
-    assert _cli(out, "train.tensorboard=true", "train.eval_at_start=true") == 0
-    assert any((out / "tensorboard").iterdir())
+    assert _cli(out, "train.report_to=tensorboard", "train.eval_at_start=true") == 0
+    assert any((out / "tb").iterdir())
     saved = load_config(GRPOConfig, out / "config.yaml")
     assert saved.algo.eta == 0.5 and saved.rollout.group_size == 4
-    recs = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in recs] == [0, 1, 2]
     assert set(recs[0]) == {"step"} | {k for k in recs[0] if k.startswith("eval/")}
     for key in (
@@ -195,14 +195,14 @@ def test_the_grpo_command_writes_config_log_and_loadable_checkpoints(tmp_path, m
 
     from transformers import AutoModelForCausalLM
 
-    from pmalopti.models.tiny import load_tokenizer
+    from pmalopti.runtime.hf import load_tokenizer
 
     ckpt = out / "checkpoint-2"
     AutoModelForCausalLM.from_pretrained(ckpt)
     load_tokenizer(ckpt)
-    state = torch.load(ckpt / "trainer_state.pt", weights_only=True)
+    state = torch.load(ckpt / "training_state.pt", weights_only=True)
     assert state["step"] == 2 and "optimizer" in state
-    assert json.loads((ckpt / "trainer_state.json").read_text())["step"] == 2
+    assert json.loads((ckpt / "trainer_state.json").read_text())["global_step"] == 2
 
 
 def test_an_existing_run_is_refused_and_resume_needs_the_same_experiment(tmp_path, capsys):
@@ -213,7 +213,7 @@ def test_an_existing_run_is_refused_and_resume_needs_the_same_experiment(tmp_pat
     assert _cli(out, "train.steps=3", "algo.alpha=0.1", resume=True) == 2
     assert "differs from the run's saved config.yaml in ['algo']" in capsys.readouterr().err
     assert _cli(out, "train.steps=3", resume=True) == 0
-    steps = [json.loads(x)["step"] for x in (out / "log.jsonl").read_text().splitlines()]
+    steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3]
     assert (out / "checkpoint-3").is_dir()
 
@@ -233,7 +233,7 @@ def test_ctrl_c_finishes_the_step_and_writes_a_resumable_checkpoint(tmp_path, mo
     monkeypatch.setattr(GRPOTrainer, "train_step", step_then_interrupt)
     out = tmp_path / "run"
     assert _cli(out, "train.save_every=0") == 130
-    assert (out / "checkpoint-1" / "trainer_state.pt").is_file()
+    assert (out / "checkpoint-1" / "training_state.pt").is_file()
     assert not (out / "checkpoint-2").exists()
     monkeypatch.setattr(GRPOTrainer, "train_step", original)
     assert _cli(out, resume=True) == 0
@@ -274,7 +274,7 @@ def test_a_saved_model_folder_trains_with_a_kl_reference_and_bf16_autocast(tmp_p
         "train.steps=1",
     )
     assert rc == 0
-    rec = json.loads((out / "log.jsonl").read_text().splitlines()[-1])
+    rec = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert "actor/kl" in rec and rec["actor/kl"] >= 0
     assert not (out / "init").exists()  # a real model is never copied into the run folder
 

@@ -14,9 +14,11 @@ import torch
 from pmalopti.cli import main
 from pmalopti.config import ConfigError, load_config
 from pmalopti.lm.data import batch_indices, pack_blocks, read_texts, split_texts
-from pmalopti.lm.loop import list_checkpoints, read_metrics, token_loss_sum
+from pmalopti.lm.loss import token_loss_sum
 from pmalopti.lm.pretrain import PretrainConfig, pretrain
 from pmalopti.lm.schedule import decay_factor, wsd_lr, wsd_phase
+from pmalopti.runtime.checkpoint import list_checkpoints
+from pmalopti.runtime.runlog import read_metrics
 
 TINY = [
     "seed=0",
@@ -44,14 +46,6 @@ TINY = [
 
 def tiny_cfg(*extra: str) -> PretrainConfig:
     return load_config(PretrainConfig, None, [*TINY, *extra])
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """One uninterrupted 6-step run, shared by the tests that only read it."""
-    run = tmp_path_factory.mktemp("pretrain") / "run"
-    result = pretrain(tiny_cfg(), run)
-    return run, result
 
 
 # --- schedule ----------------------------------------------------------------------------------
@@ -155,7 +149,7 @@ def test_two_micro_batches_give_the_same_loss_sum_as_one_batch(tiny_lm):
 def test_a_short_run_writes_loadable_hugging_face_checkpoints(tiny_run):
     from transformers import AutoModelForCausalLM
 
-    from pmalopti.models.tiny import load_tokenizer
+    from pmalopti.runtime.hf import load_tokenizer
 
     run, result = tiny_run
     assert [s for s, _ in list_checkpoints(run)] == [2, 4, 6] and result.step == 6

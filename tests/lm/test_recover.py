@@ -12,10 +12,10 @@ from safetensors.torch import load_file
 
 from pmalopti.cli import main
 from pmalopti.config import load_config
-from pmalopti.lm.loop import read_metrics
 from pmalopti.lm.pretrain import PretrainConfig, pretrain
 from pmalopti.pma.select import discover_checkpoints
 from pmalopti.pma.spike import checkpoints_before, find_spike, spike_from_log
+from pmalopti.runtime.runlog import read_metrics
 
 TINY = [
     "model.hidden_size=32",

@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from pmalopti.cli import main
-from pmalopti.lm.loop import IGNORE, list_checkpoints, read_metrics, token_loss_sum
+from pmalopti.lm.loss import IGNORE, token_loss_sum
 from pmalopti.lm.sft import collate, encode_pair
+from pmalopti.runtime.checkpoint import list_checkpoints
+from pmalopti.runtime.runlog import read_metrics
 
 
 def test_prompt_tokens_are_masked_and_the_target_ends_with_eos(tiny_lm):

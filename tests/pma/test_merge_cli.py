@@ -191,7 +191,7 @@ def test_example_trains_saves_and_merges_a_tiny_run(tmp_path, capsys, monkeypatc
     out = tmp_path / "ex"
     assert main(["merge", "--example", "-o", str(out)]) == 0
     text = capsys.readouterr().out
-    assert sorted(p.name for p in (out / "run").iterdir()) == [
+    assert sorted(p.name for p in (out / "run").glob("checkpoint-*")) == [
         f"checkpoint-{s}" for s in (12, 18, 24, 6)
     ]
     meta = json.loads((out / "merged" / "pmalopti_merge.json").read_text())

@@ -2,12 +2,12 @@
 
 It shows PMA's claim on a small scale (arXiv 2505.12082, Sec. 4.1): in the stable phase of a
 WSD schedule the weights oscillate around a better point, and averaging the last checkpoints
-lands closer to it than the newest one. Everything is built here: tokenizer, model, data.
+lands closer to it than the newest one. The run is an ordinary `pmalopti pretrain` run (its
+tokenizer, model and checkpoints), on arithmetic lines made here.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import sys
@@ -27,87 +27,68 @@ def _texts(seed: int, n: int) -> list[str]:
     ]
 
 
+def example_config(texts: Path):
+    """The run: `pmalopti pretrain` at a constant high LR (no warmup, no decay) on `texts`."""
+    from pmalopti.config import load_config
+    from pmalopti.lm.pretrain import PretrainConfig
+
+    return load_config(
+        PretrainConfig,
+        None,
+        [
+            f"data.path={texts}",
+            "data.block_size=32",
+            "data.val_fraction=0.1",
+            "model.hidden_size=64",
+            "model.num_layers=2",
+            "model.vocab_size=300",
+            "optim.lr=3e-2",
+            "optim.weight_decay=0",
+            "schedule.warmup_steps=0",
+            "schedule.decay_steps=0",
+            f"train.steps={STEPS}",
+            "train.batch_size=16",
+            f"train.save_every={SAVE_EVERY}",
+            f"train.eval_every={SAVE_EVERY}",
+            # A model this small trains fastest on one thread; more only add synchronisation.
+            "train.threads=1",
+            "train.progress=false",
+            "report.enabled=false",
+        ],
+    )
+
+
 def run_example(out: Path, *, force: bool) -> int:
     import torch
-    from transformers.utils import logging as hf_logging
 
-    t0 = time.perf_counter()
-    out = out.resolve()
-    threads = torch.get_num_threads()
-    bars = hf_logging.is_progress_bar_enabled()
-    # A model this small trains fastest on one thread; more only add synchronisation.
-    torch.set_num_threads(1)
-    hf_logging.disable_progress_bar()  # no "Writing model shards" bar per checkpoint
-    try:
-        return _run(out, force=force, t0=t0)
-    finally:
-        torch.set_num_threads(threads)
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
-def _run(out: Path, *, force: bool, t0: float) -> int:
-    import torch
-
-    from pmalopti.models.tiny import build_tiny_model, build_tokenizer, tiny_config
+    from pmalopti.lm.evaluate import blocks_loss
+    from pmalopti.lm.pretrain import pretrain, val_blocks_of, write_jsonl
     from pmalopti.pma.select import discover_checkpoints, format_table, select_checkpoints
     from pmalopti.pma.streaming import merge_checkpoints
     from pmalopti.pma.weights import merge_weights
     from pmalopti.runtime.fs import atomic_dir
+    from pmalopti.runtime.hf import load_model, load_tokenizer, quiet_transformers
+    from pmalopti.runtime.runlog import read_metrics
+    from pmalopti.runtime.threads import torch_threads
 
+    t0 = time.perf_counter()
+    out = out.resolve()
     with atomic_dir(out, force=force) as tmp:
-        tok = build_tokenizer(_texts(0, 500), vocab_size=300)
-        cfg = tiny_config(
-            len(tok),
-            hidden_size=64,
-            num_layers=2,
-            num_heads=4,
-            num_kv_heads=2,
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id,
-        )
-        model = build_tiny_model(cfg, seed=0)
-
-        def batch(texts: list[str]) -> torch.Tensor:
-            ids = [tok(t)["input_ids"] + [tok.eos_token_id] for t in texts]
-            width = max(map(len, ids))
-            return torch.tensor([x + [tok.eos_token_id] * (width - len(x)) for x in ids])
-
-        eval_ids = batch(_texts(1, 256))  # (256, T) held-out lines
-
-        def eval_loss(m) -> float:
-            m.eval()
-            with torch.no_grad():
-                return float(m(input_ids=eval_ids, labels=eval_ids).loss)
-
-        # Constant high LR, no decay: the "stable" phase where PMA helps most.
-        opt = torch.optim.AdamW(model.parameters(), lr=3e-2, weight_decay=0.0)
-        rng = random.Random(2)
-        run_dir = tmp / "run"
-        losses: dict[str, float] = {}
-        model.train()
-        for step in range(1, STEPS + 1):
-            ids = batch(_texts(rng.randrange(1 << 30), 16))  # (16, T)
-            loss = model(input_ids=ids, labels=ids).loss
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            if step % SAVE_EVERY == 0:
-                ck = run_dir / f"checkpoint-{step}"
-                model.save_pretrained(ck)
-                tok.save_pretrained(ck)
-                tokens = step * int(ids.numel())
-                (ck / "trainer_state.json").write_text(
-                    json.dumps({"global_step": step, "num_input_tokens_seen": tokens})
-                )
-                losses[ck.name] = eval_loss(model)
-                model.train()
+        write_jsonl(tmp / "texts.jsonl", _texts(0, 2000))
+        cfg = example_config(tmp / "texts.jsonl")
+        pretrain(cfg, tmp / "run")
     # The run folder is complete (renamed into place); the merge reads it from there.
+    losses = {
+        f"checkpoint-{r['step']}": r["val_loss"]
+        for r in read_metrics(out / "run")
+        if "val_loss" in r
+    }
     ckpts = select_checkpoints(discover_checkpoints(out / "run"), last=MERGE_LAST).checkpoints
     weights = merge_weights("sma", len(ckpts))
+    n_params = sum(p.numel() for p in load_model(ckpts[-1].path).parameters())
     print(
-        f"pmalopti merge --example: trained a tiny Llama ({model.num_parameters():,} "
-        f"parameters) for {STEPS} steps at a constant LR, saving every {SAVE_EVERY} steps"
+        f"pmalopti merge --example: trained a tiny Llama ({n_params:,} parameters) with "
+        f"`pmalopti pretrain` for {STEPS} steps at a constant LR, saving every {SAVE_EVERY} steps"
     )
     print(f"PMA merge: sma, {len(ckpts)} checkpoints (oldest first)")
     print(format_table(ckpts, weights))
@@ -115,9 +96,9 @@ def _run(out: Path, *, force: bool, t0: float) -> int:
     merged = merge_checkpoints(
         ckpts, weights, out / "merged", progress=False, metadata={"method": "sma"}
     )
-    from transformers import AutoModelForCausalLM
-
-    merged_loss = eval_loss(AutoModelForCausalLM.from_pretrained(merged))
+    with torch_threads(1), quiet_transformers():
+        val = val_blocks_of(out / "run", load_tokenizer(merged), 32, cfg.data.max_val_blocks)
+        merged_loss = blocks_loss(load_model(merged), val, 16, torch.device("cpu"))
     print()
     print("held-out loss (lower is better):")
     for name, loss in losses.items():

@@ -66,8 +66,10 @@ def run(args) -> int:
     from pmalopti.commands._run_config import load_run_config
     from pmalopti.config import save_config
     from pmalopti.grpo.config import GRPOConfig
-    from pmalopti.grpo.model import load_policy, load_reference, pick_device
-    from pmalopti.grpo.trainer import GRPOTrainer, latest_checkpoint
+    from pmalopti.grpo.model import load_policy, load_reference
+    from pmalopti.grpo.trainer import GRPOTrainer
+    from pmalopti.runtime.checkpoint import resume_checkpoint, verify_checkpoint
+    from pmalopti.runtime.device import resolve_device
     from pmalopti.runtime.fs import prepare_run_dir
     from pmalopti.tasks import get_task
 
@@ -77,15 +79,19 @@ def run(args) -> int:
     hf_logging.disable_progress_bar()  # per-checkpoint "Loading/Writing" bars drown the run's own
     ckpt = None
     if args.resume:
-        ckpt = latest_checkpoint(run_dir) if args.resume == "latest" else Path(args.resume)
+        if args.resume == "latest":
+            ckpt = resume_checkpoint(run_dir) if run_dir.is_dir() else None
+        else:
+            ckpt = Path(args.resume)
+            verify_checkpoint(ckpt)
         if ckpt is None:
-            raise FileNotFoundError(f"--resume: no checkpoint-<step> folder in {run_dir}")
+            raise FileNotFoundError(f"--resume: no readable checkpoint-<step> folder in {run_dir}")
     inputs = [cfg.model.init_from, cfg.model.path, *_paths(cfg.task.train_path)]
     prepare_run_dir(run_dir, resume=bool(args.resume), force=args.force, inputs=inputs)
     save_config(cfg, run_dir / "config.yaml")
 
     torch.manual_seed(cfg.seed)
-    device = pick_device(cfg.model.device)
+    device = resolve_device(cfg.model.device, "model.device")
     task = get_task(cfg.task.name, **cfg.task.kwargs)
     train = _samples(task, "train", cfg.task.train_path, cfg.task.train_size, cfg.seed)
     evals = _samples(task, "test", cfg.task.eval_path, cfg.task.eval_size, cfg.seed)

@@ -105,7 +105,8 @@ def register(subparsers) -> None:
     how.add_argument(
         "--read-ahead",
         metavar="SIZE",
-        help="bytes in flight per input file (e.g. 16MiB) for network filesystems; default 1MiB",
+        help="ask the kernel to prefetch SIZE bytes ahead of each read, per input file (e.g. "
+        "16MiB): keeps large reads in flight on network filesystems (default: its readahead)",
     )
     dcp = p.add_argument_group(
         "distributed checkpoints (torchtitan, OLMo-core, Megatron, accelerate)"
@@ -144,15 +145,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from pmalopti.errors import UserError
-    from pmalopti.pma.select import (
-        checkpoints_from_paths,
-        discover_checkpoints,
-        format_table,
-        parse_count,
-        phase_notes,
-        select_checkpoints,
-        stable_steps,
-    )
+    from pmalopti.pma.select import choose_checkpoints, format_table, parse_count
     from pmalopti.pma.spike import until_before_spike
 
     if args.example:
@@ -163,30 +156,17 @@ def run(args) -> int:
         return run_example(Path(args.output or "pmalopti-merge-example"), force=args.force)
 
     spec = merge_spec_from_args(args)
-    if args.run_dir and args.checkpoints:
-        raise UserError("give checkpoints or --run-dir, not both")
     if args.until is not None and args.before_spike is not None:
         raise UserError("give --until or --before-spike, not both")
     until = args.until
     if args.before_spike is not None:
         until = until_before_spike(args.before_spike)
     every_tokens = parse_count(args.every_tokens, "--every-tokens") if args.every_tokens else None
-    notes: list[str] = []
-    if args.run_dir:
-        ckpts = discover_checkpoints(args.run_dir)
-    elif args.checkpoints:
-        ckpts = checkpoints_from_paths(
-            args.checkpoints, order_sensitive=spec.order_sensitive, as_given=args.as_given
-        )
-        given = [str(Path(p)) for p in args.checkpoints]
-        if [str(c.path) for c in ckpts] != given:
-            notes.append(
-                "inputs ordered by step: " + ", ".join(f"{c.path} ({c.step})" for c in ckpts)
-            )
-    else:
-        raise UserError("give checkpoints to merge (oldest first), --run-dir RUN, or --example")
-    sel = select_checkpoints(
-        ckpts,
+    sel = choose_checkpoints(
+        run_dir=args.run_dir,
+        paths=args.checkpoints,
+        order_sensitive=spec.order_sensitive,
+        as_given=args.as_given,
         last=args.last,
         every_steps=args.every_steps,
         every_tokens=every_tokens,
@@ -195,9 +175,6 @@ def run(args) -> int:
         nearest=args.nearest,
     )
     ckpts = sel.checkpoints
-    notes += sel.notes
-    if args.run_dir:
-        notes += phase_notes(ckpts, stable_steps(args.run_dir))
     weights = spec.merge_weights(len(ckpts))
     from pmalopti.pma.dcp_layout import detect_all
 
@@ -210,7 +187,7 @@ def run(args) -> int:
     read_ahead = parse_count(args.read_ahead, "--read-ahead") if args.read_ahead else None
     print(f"PMA merge: {spec}, {len(ckpts)} checkpoints (oldest first)")
     print(format_table(ckpts, weights, sel.targets, sel.key))
-    for note in notes:
+    for note in sel.notes:
         print(f"note: {note}")
     sys.stdout.flush()
     if args.dry_run:

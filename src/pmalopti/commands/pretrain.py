@@ -31,8 +31,8 @@ def run(args) -> int:
     from pmalopti.commands._run_config import load_run_config
     from pmalopti.config import load_config
     from pmalopti.errors import UserError
-    from pmalopti.lm.loop import Interrupted
     from pmalopti.lm.pretrain import PretrainConfig, pretrain, report
+    from pmalopti.runtime.stop import Interrupted
 
     if args.report:
         run_dir = Path(args.report)

@@ -71,8 +71,8 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from pmalopti.commands.merge import merge_spec_from_args
-    from pmalopti.lm.loop import Interrupted
     from pmalopti.lm.recover import merge_before_spike, resume_from_merge
+    from pmalopti.runtime.stop import Interrupted
 
     spec = merge_spec_from_args(args)  # validated before any work
     rec = merge_before_spike(

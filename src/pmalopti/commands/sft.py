@@ -24,8 +24,8 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from pmalopti.commands._run_config import load_run_config
-    from pmalopti.lm.loop import Interrupted
     from pmalopti.lm.sft import SFTConfig, sft
+    from pmalopti.runtime.stop import Interrupted
 
     cfg, run_dir = load_run_config(SFTConfig, args, args.output)
     try:

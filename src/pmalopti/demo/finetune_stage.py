@@ -25,12 +25,12 @@ log = logging.getLogger(__name__)
 
 def evaluate_start(scfg: SFTConfig, init: str | Path) -> dict:
     """Validation loss and greedy accuracy of `init` exactly as `sft` measures them at its end."""
-    from pmalopti.lm.evaluate import load_model
-    from pmalopti.lm.loop import evaluate_batches, resolve_device
+    from pmalopti.lm.loss import evaluate_batches
     from pmalopti.lm.sft import collate, encode_rows, greedy_accuracy, load_pairs
-    from pmalopti.models.tiny import load_tokenizer
+    from pmalopti.runtime.device import resolve_device
+    from pmalopti.runtime.hf import load_model, load_tokenizer
 
-    device = resolve_device(scfg.train.device)
+    device = resolve_device(scfg.train.device, "train.device")
     model, tok = load_model(init, device), load_tokenizer(init)
     _, val_rows, task = load_pairs(scfg)
     val_ex = encode_rows(val_rows, tok, scfg.data.max_length, "validation")
@@ -46,8 +46,8 @@ def evaluate_start(scfg: SFTConfig, init: str | Path) -> dict:
 
 def run_sft(cfg: DemoConfig, inits: dict[str, str], out: Path) -> dict:
     """One SFT run per starting point into `out/sft-from-<name>`; returns their summaries."""
-    from pmalopti.lm.loop import read_metrics
     from pmalopti.lm.sft import sft
+    from pmalopti.runtime.runlog import read_metrics
 
     runs = {}
     for name in cfg.sft_inits:
@@ -61,7 +61,7 @@ def run_sft(cfg: DemoConfig, inits: dict[str, str], out: Path) -> dict:
         log.info("demo: SFT from %s (%s)", name, inits[name])
         start = evaluate_start(scfg, inits[name])
         result, _ = sft(scfg, run_dir)
-        metrics = read_metrics(run_dir / "metrics.jsonl")
+        metrics = read_metrics(run_dir)
         runs[name] = {
             "run": str(run_dir),
             "init": inits[name],
@@ -85,8 +85,9 @@ def grpo_variants(cfg: DemoConfig) -> dict[str, dict]:
 def run_grpo(cfg: DemoConfig, init: str, out: Path) -> dict:
     """Plain GRPO and GRPO + AR + Lopti from `init`, same seed; returns their summaries."""
     from pmalopti.config import save_config
-    from pmalopti.grpo.model import load_policy, pick_device
+    from pmalopti.grpo.model import load_policy
     from pmalopti.grpo.trainer import GRPOTrainer
+    from pmalopti.runtime.device import resolve_device
     from pmalopti.tasks import get_task
 
     runs = {}
@@ -104,7 +105,7 @@ def run_grpo(cfg: DemoConfig, init: str, out: Path) -> dict:
         save_config(gcfg, run_dir / "config.yaml")
         log.info("demo: %s from %s", name, init)
         torch.manual_seed(gcfg.seed)
-        device = pick_device(gcfg.model.device)
+        device = resolve_device(gcfg.model.device, "grpo.model.device")
         task = get_task(gcfg.task.name, **gcfg.task.kwargs)
         train = task.samples("train", n=gcfg.task.train_size, seed=gcfg.seed)
         evals = task.samples("test", n=gcfg.task.eval_size, seed=gcfg.seed)

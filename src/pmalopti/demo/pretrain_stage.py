@@ -111,11 +111,11 @@ def _online_vs_offline(rows: list[dict], offline: dict) -> float | None:
 def write_pma_init(cfg: DemoConfig, stage: dict, out: Path) -> dict:
     """Merge the N checkpoints ending at the last stable step into `out/pma-init` (a HF folder)
     with the streaming offline merge, and compare it with the online averager's merge there."""
-    from pmalopti.lm.loop import list_checkpoints
     from pmalopti.lm.online_pma import SAVE_DIR
     from pmalopti.pma import merge_checkpoints
     from pmalopti.pma.reader import CheckpointReader
     from pmalopti.pma.spec import MergeSpec
+    from pmalopti.runtime.checkpoint import list_checkpoints
 
     p = cfg.pretrain
     run_dir = Path(stage["run"])

@@ -108,7 +108,8 @@ def run_demo(
     from pmalopti.demo.finetune_stage import run_grpo, run_sft
     from pmalopti.demo.pretrain_stage import run_pretrain, write_pma_init
     from pmalopti.demo.writeup import console_summary, report_markdown
-    from pmalopti.lm.loop import read_metrics
+    from pmalopti.runtime.runlog import read_metrics
+    from pmalopti.runtime.threads import torch_threads
 
     out = prepare_run_dir(out, force=force, resume=resume, kind="demo")
     start = out / "stages" / "start.json"
@@ -119,7 +120,8 @@ def run_demo(
     save_config(cfg, out / "demo_config.yaml")
     stages = _Stages(out, resume)
     timings = stages.timings
-    with _log_to(out / "demo.log"):
+    # Torch threads from the cores this process may use (runtime.threads.auto_threads).
+    with _log_to(out / "demo.log"), torch_threads():
         _banner("1/3 pre-training with online PMA")
 
         def stage1() -> dict:

@@ -292,7 +292,7 @@ def report_markdown(s: dict) -> str:
             for n, r in s["sft"].items()
         ],
         *[
-            f"- `{_rel(s, r['run'])}/`: {n} (`config.yaml`, `log.jsonl`, `eval_before.json`)"
+            f"- `{_rel(s, r['run'])}/`: {n} (`config.yaml`, `metrics.jsonl`, `eval_before.json`)"
             for n, r in s["grpo"].items()
         ],
         "- `figures/*.png`",

@@ -11,8 +11,10 @@ import dataclasses
 from dataclasses import field
 from typing import Any, Literal
 
-from pmalopti.config import SEED, bounded
+from pmalopti.config import MAX_THREADS, SEED, bounded
 from pmalopti.rl.loss import AGG_MODES, Agg
+from pmalopti.runtime.device import Device, Precision, canonical_precision
+from pmalopti.runtime.runlog import ReportTo
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -52,11 +54,12 @@ class ModelConfig:
     """load the policy's weights from this folder instead (PMA-init: a merged checkpoint)"""
     param_dtype: Literal["float32", "bfloat16"] = "float32"
     """dtype of the trained weights (float32 keeps lr 1e-6 updates from rounding away)"""
-    autocast: Literal["none", "bfloat16"] = "none"
-    """mixed-precision compute for forward passes (bfloat16 on GPUs)"""
+    autocast: Precision = "float32"
+    """compute precision of forward passes: auto (bf16 autocast on CUDA), float32 or bfloat16
+    (none = float32)"""
     ref_dtype: Literal["float32", "bfloat16"] = "float32"
     """dtype of the frozen reference model (built only when algo.kl_coef > 0)"""
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Device = "auto"
     """where to train; auto picks cuda when available"""
     gradient_checkpointing: bool = False
     """recompute activations in the backward pass (saves memory on real models)"""
@@ -64,6 +67,9 @@ class ModelConfig:
     """passed to from_pretrained (e.g. sdpa, flash_attention_2); null keeps the default"""
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
     """the tiny model built when path is null"""
+
+    def __post_init__(self):
+        self.autocast = canonical_precision(self.autocast)  # type: ignore[assignment]
 
 
 @dataclasses.dataclass
@@ -190,10 +196,18 @@ class TrainConfig:
     """print a few completions every N steps (0: never)"""
     entropy: bool = True
     """log the policy entropy (one extra softmax over the vocabulary per token)"""
+    report_to: ReportTo = "none"
+    """mirror metrics.jsonl to TensorBoard (RUN/tb) or Weights & Biases"""
     tensorboard: bool = False
-    """also write TensorBoard event files"""
+    """old spelling of report_to: tensorboard"""
+    threads: int = bounded(0, ge=0, le=MAX_THREADS)
+    """CPU threads for torch (0 = auto: $PMALOPTI_THREADS, else one fewer than the usable cores)"""
     progress: bool = True
     """progress bar on stderr"""
+
+    def __post_init__(self):
+        if self.tensorboard:
+            self.report_to, self.tensorboard = "tensorboard", False
 
 
 @dataclasses.dataclass
@@ -201,7 +215,7 @@ class GRPOConfig:
     """`pmalopti grpo`: GRPO with Advantage Reweighting and Lopti (arXiv 2505.12929)."""
 
     output_dir: str = "runs/grpo-tiny"
-    """run folder: config.yaml, log.jsonl, checkpoint-<step>/ (and init/ for a tiny model)"""
+    """run folder: config.yaml, metrics.jsonl, checkpoint-<step>/ (and init/ for a tiny model)"""
     seed: int = bounded(0, **SEED)
     """seed of model init, data order and sampling"""
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -3,33 +3,24 @@
 - `model.path` set: any local Hugging Face causal LM folder (or a hub id already cached; runs
   are offline). `model.init_from` replaces its weights (PMA-init from a merged checkpoint).
 - `model.path` null: a tiny model with a BPE tokenizer trained on the task's texts, optionally
-  warmed up by a few supervised steps on prompt + reference response so that RL starts with a
-  non-zero reward. It is saved as `<run>/init/` so the reference and a resumed run reload it.
+  warmed up by a few steps of `pmalopti sft`'s loop on prompt + reference response so that RL
+  starts with a non-zero reward. It is saved as `<run>/init/` so the reference and a resumed run
+  reload it.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from pmalopti.grpo.config import GRPOConfig
-from pmalopti.grpo.rollout import eos_ids, response_logprobs, tokenize_prompts
-from pmalopti.models.tiny import load_tokenizer, tiny_model_and_tokenizer
+from pmalopti.models.tiny import tiny_model_and_tokenizer
+from pmalopti.runtime.hf import load_model, load_tokenizer, save_pretrained
 
 log = logging.getLogger(__name__)
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("model.device is cuda but no CUDA device is available")
-    return torch.device(name)
 
 
 def _has_tokenizer(path: Path) -> bool:
@@ -37,10 +28,10 @@ def _has_tokenizer(path: Path) -> bool:
 
 
 def load_pretrained(path: str, cfg: GRPOConfig, dtype: str) -> PreTrainedModel:
-    kw = {"dtype": getattr(torch, dtype)}
+    kw = {}
     if cfg.model.attn_implementation:
         kw["attn_implementation"] = cfg.model.attn_implementation
-    return AutoModelForCausalLM.from_pretrained(path, **kw)
+    return load_model(path, "cpu", getattr(torch, dtype), hub_id=True, **kw)
 
 
 def load_policy(
@@ -51,8 +42,7 @@ def load_policy(
         init = run_dir / "init"
         if not (init / "config.json").is_file():
             model, tok = build_tiny(cfg, task, device)
-            model.save_pretrained(init, safe_serialization=True)
-            tok.save_pretrained(init)
+            save_pretrained(init, model, tok)
         return (
             load_pretrained(str(init), cfg, cfg.model.param_dtype).to(device),
             load_tokenizer(init),
@@ -93,45 +83,32 @@ def build_tiny(cfg: GRPOConfig, task, device: torch.device):
     )
     model = model.to(device)
     if t.sft_steps:
-        sft_warmup(model, tok, task, samples, cfg)
+        _sft_warm_up(model, tok, task, samples, cfg)
     return model, tok
 
 
-def sft_warmup(model, tok, task, samples: list[dict], cfg: GRPOConfig) -> None:
-    """Teacher-forced NLL on `target + eos` after each prompt (response tokens only)."""
+def _sft_warm_up(model, tok, task, samples: list[dict], cfg: GRPOConfig) -> None:
+    """`model.tiny.sft_steps` of `pmalopti sft`'s loop (in memory) on prompt -> reference target."""
+    from pmalopti.lm.configs import OptimConfig, ScheduleConfig, TrainConfig
+    from pmalopti.lm.sft import SFTConfig, SFTDataConfig, encode_rows, fit
+
     t = cfg.model.tiny
-    device = next(model.parameters()).device
-    opt = torch.optim.AdamW(model.parameters(), lr=t.sft_lr)
-    g = torch.Generator().manual_seed(cfg.seed + 1)
-    eos = eos_ids(tok, model)[0]
-    model.train()
-    bar = tqdm(range(t.sft_steps), desc="sft warm-up", disable=not cfg.train.progress, leave=False)
-    for _ in bar:
-        idx = torch.randint(len(samples), (t.sft_batch_size,), generator=g).tolist()
-        batch = [samples[i] for i in idx]
-        p_ids, p_mask = tokenize_prompts(
-            tok, [task.prompt(s) for s in batch], cfg.rollout.max_prompt_tokens, device
-        )
-        targets = [
-            tok(task.target(s), add_special_tokens=False)["input_ids"] + [eos] for s in batch
-        ]
-        r = max(len(x) for x in targets)
-        r_ids = torch.full((len(batch), r), tok.pad_token_id, dtype=torch.long)
-        r_mask = torch.zeros((len(batch), r), dtype=torch.bool)
-        for i, x in enumerate(targets):
-            r_ids[i, : len(x)] = torch.tensor(x)
-            r_mask[i, : len(x)] = True
-        r_ids, r_mask = r_ids.to(device), r_mask.to(device)
-        logp, _ = response_logprobs(model, p_ids, p_mask, r_ids, r_mask)
-        loss = -(logp * r_mask).sum() / r_mask.sum()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        bar.set_postfix(nll=f"{loss.item():.3f}")
+    max_length = cfg.rollout.max_prompt_tokens + cfg.rollout.max_new_tokens
+    scfg = SFTConfig(
+        seed=cfg.seed,
+        data=SFTDataConfig(max_length=max_length, eval_generate=0),
+        optim=OptimConfig(lr=t.sft_lr, weight_decay=0.0),
+        schedule=ScheduleConfig(warmup_steps=0, decay_steps=0),
+        train=TrainConfig(
+            steps=t.sft_steps,
+            batch_size=t.sft_batch_size,
+            eval_every=0,
+            device=cfg.model.device,
+            threads=cfg.train.threads,
+            progress=cfg.train.progress,
+        ),
+    )
+    rows = [{"prompt": task.prompt(s), "target": task.target(s)} for s in samples]
+    train_ex = encode_rows(rows, tok, max_length, "warm-up")
+    fit(model, tok, train_ex, train_ex[:1], scfg, None)
     model.eval()
-
-
-def frozen_copy(model: PreTrainedModel) -> PreTrainedModel:
-    """An independent frozen copy (a reference for tests and in-memory use)."""
-    ref = copy.deepcopy(model)
-    return ref.eval().requires_grad_(False)

@@ -13,7 +13,6 @@ dedicated `torch.Generator` so a resumed run re-samples exactly) and `sample_hf`
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from collections.abc import Sequence
 
@@ -326,10 +325,3 @@ def response_logprobs(
             entropy = lse.detach() - (p * logits.detach()).sum(-1)  # (B, r)
             entropy = torch.nn.functional.pad(entropy, (0, r_full - r))  # (B, R)
     return torch.nn.functional.pad(logp, (0, r_full - r)), entropy  # (B, R)
-
-
-def autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
-    """bfloat16 autocast on request, a no-op otherwise."""
-    if dtype == "none":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=getattr(torch, dtype))

@@ -10,15 +10,8 @@ one process on one device (no FSDP, no vLLM); sampling uses our KV-cache loop or
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import math
-import signal
-import threading
-import time
 from collections import defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,22 +22,26 @@ from pmalopti.config import to_dict
 from pmalopti.grpo.config import GRPOConfig
 from pmalopti.grpo.rollout import (
     Rollout,
-    autocast,
     response_logprobs,
     sample_hf,
     sample_loop,
     tokenize_prompts,
 )
-from pmalopti.grpo.state import (
-    list_checkpoints,
+from pmalopti.grpo.update import UpdateBatch, bucket_diagnostics, update_policy
+from pmalopti.lm.schedule import wsd_lr
+from pmalopti.rl import group_advantages, reweight_advantages
+from pmalopti.runtime.checkpoint import (
     load_state,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
-from pmalopti.grpo.update import UpdateBatch, bucket_diagnostics, update_policy
-from pmalopti.rl import group_advantages, reweight_advantages
-from pmalopti.runtime.fs import atomic_write_text
+from pmalopti.runtime.device import autocast, clock
+from pmalopti.runtime.fs import remove_stale
+from pmalopti.runtime.hf import load_weights
+from pmalopti.runtime.runlog import RunLog
+from pmalopti.runtime.stop import StopOnSigint, check_finite, check_finite_weights
+from pmalopti.runtime.threads import torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -121,16 +118,19 @@ class GRPOTrainer:
             weight_decay=o.weight_decay,
         )
         warm = o.warmup_steps
+        # The WSD schedule of the LM loop with no decay: linear warmup, then constant.
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0
+            self.optimizer,
+            lambda s: wsd_lr(
+                s, peak_lr=1.0, total_steps=max(s + 1, warm), warmup_steps=warm, decay_steps=0
+            ),
         )
         self.sample_gen = torch.Generator(self.device).manual_seed(cfg.seed)
         self.shuffle_gen = torch.Generator().manual_seed(cfg.seed + 1)
         self.stream = PromptStream(len(train_samples), cfg.seed)
         self.step = 0
-        self._stop = False
         self.interrupted = False
-        self._tb = None
+        self.last_checkpoint: Path | None = None
 
     # ------------------------------------------------------------------ rollout
     def _amp(self):
@@ -195,10 +195,7 @@ class GRPOTrainer:
 
     # ------------------------------------------------------------------ one step
     def _clock(self) -> float:
-        """A timestamp after the device's queued work (CUDA runs asynchronously)."""
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        return time.perf_counter()
+        return clock(self.device)
 
     def train_step(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -317,76 +314,44 @@ class GRPOTrainer:
     def save(self) -> Path:
         if self.run_dir is None:
             raise ValueError("the trainer has no run_dir to save checkpoints in")
-        return save_checkpoint(
+        check_finite_weights(self.model, self.step, self.last_checkpoint)
+        self.last_checkpoint = save_checkpoint(
             self.run_dir,
             self.step,
             self.model,
             self.tok,
             self.state_dict(),
             keep=self.cfg.train.keep_checkpoints,
-            summary={"config": to_dict(self.cfg)},
+            info={"config": to_dict(self.cfg)},
         )
+        return self.last_checkpoint
 
     def resume(self, ckpt: Path) -> None:
-        """Load a checkpoint's weights and trainer state; drop log lines written after it."""
-        from safetensors.torch import load_file
-
+        """Load a checkpoint's weights and trainer state (`train` then drops log lines after it)."""
         ckpt = Path(ckpt)
-        files = sorted(ckpt.glob("*.safetensors"))
-        if not files:
-            raise FileNotFoundError(f"{ckpt}: no *.safetensors weights")
-        weights = {k: v for f in files for k, v in load_file(str(f)).items()}
-        missing, unexpected = self.model.load_state_dict(weights, strict=False)
-        # Tied weights (lm_head = embeddings) are saved once; only they may be missing.
-        tied = set(getattr(self.model, "all_tied_weights_keys", None) or {})
-        if unexpected or [k for k in missing if k not in tied]:
-            raise ValueError(f"{ckpt}: weights do not match the model ({missing=}, {unexpected=})")
+        load_weights(self.model, ckpt)
         self.load_state_dict(load_state(ckpt))
-        if self.run_dir is not None and (f := self.run_dir / "log.jsonl").is_file():
-            keep = [ln for ln in f.read_text().splitlines() if json.loads(ln)["step"] <= self.step]
-            atomic_write_text(f, "".join(ln + "\n" for ln in keep))
+        self.last_checkpoint = ckpt
 
     # ------------------------------------------------------------------ loop
-    def _log(self, rec: dict[str, Any]) -> None:
-        if self.run_dir is None:
-            return
-        with open(self.run_dir / "log.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(rec) + "\n")
-        if self.cfg.train.tensorboard:
-            if self._tb is None:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
-            for k, v in rec.items():
-                if k != "step" and isinstance(v, int | float) and math.isfinite(v):
-                    self._tb.add_scalar(k, v, rec["step"])
-
-    @contextlib.contextmanager
-    def _graceful_interrupt(self) -> Iterator[None]:
-        """First Ctrl-C: finish the current step, save a resumable checkpoint, stop."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def handler(signum, frame):
-            if self._stop:
-                raise KeyboardInterrupt
-            self._stop = True
-            tqdm.write(
-                "interrupt: finishing this step, then saving a checkpoint (Ctrl-C again to abort)"
-            )
-
-        previous = signal.signal(signal.SIGINT, handler)
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGINT, previous)
-
     def train(self) -> list[dict[str, Any]]:
-        """Run until `train.steps`; returns the step records. Sets `interrupted` on Ctrl-C."""
+        """Run until `train.steps`; returns the step records. Sets `interrupted` on Ctrl-C.
+
+        A non-finite loss or gradient norm raises `TrainingDiverged` naming the step; nothing
+        after the last good checkpoint is saved.
+        """
         t = self.cfg.train
-        self._stop = self.interrupted = False
+        self.interrupted = False
         records = []
+        runlog = None
+        if self.run_dir is not None:
+            remove_stale(self.run_dir)  # half-written checkpoints of a killed run
+            runlog = RunLog(
+                self.run_dir,
+                t.report_to,
+                resume_step=self.step if self.step else None,  # a continued run keeps its lines
+                config=to_dict(self.cfg),
+            )
         bar = tqdm(
             total=t.steps,
             initial=self.step,
@@ -394,37 +359,37 @@ class GRPOTrainer:
             disable=not t.progress,
             dynamic_ncols=True,
         )
-        with self._graceful_interrupt():
-            if t.eval_at_start and self.step == 0 and self.eval_samples:
-                rec = {"step": 0, **self.evaluate()}
-                self._log(rec)
-                records.append(rec)
-            while self.step < t.steps and not self._stop:
-                rec = self.train_step()
-                last = self.step == t.steps
-                if (t.eval_every and self.step % t.eval_every == 0) or last:
-                    rec |= self.evaluate()
-                self._log(rec)
-                records.append(rec)
-                bar.update(1)
-                bar.set_postfix(
-                    reward=f"{rec['reward/mean']:.3f}",
-                    **(
-                        {"eval_acc": f"{rec['eval/accuracy']:.3f}"}
-                        if "eval/accuracy" in rec
-                        else {}
-                    ),
-                )
-                due = (t.save_every and self.step % t.save_every == 0) or last or self._stop
-                if due and self.run_dir is not None:
-                    self.save()
-            self.interrupted = self._stop and self.step < t.steps
-        bar.close()
-        if self._tb is not None:
-            self._tb.close()
+        try:
+            with torch_threads(t.threads), StopOnSigint() as stop:
+                if t.eval_at_start and self.step == 0 and self.eval_samples:
+                    rec = {"step": 0, **self.evaluate()}
+                    if runlog is not None:
+                        runlog.write(rec)
+                    records.append(rec)
+                while self.step < t.steps and not stop.requested:
+                    rec = self.train_step()
+                    check_finite(
+                        self.step,
+                        {k: rec[k] for k in ("actor/loss", "actor/grad_norm") if k in rec},
+                        self.last_checkpoint,
+                    )
+                    last = self.step == t.steps
+                    if (t.eval_every and self.step % t.eval_every == 0) or last:
+                        rec |= self.evaluate()
+                    if runlog is not None:
+                        runlog.write(rec)
+                    records.append(rec)
+                    bar.update(1)
+                    postfix = {"reward": f"{rec['reward/mean']:.3f}"}
+                    if "eval/accuracy" in rec:
+                        postfix["eval_acc"] = f"{rec['eval/accuracy']:.3f}"
+                    bar.set_postfix(**postfix)
+                    due = (t.save_every and self.step % t.save_every == 0) or last
+                    if (due or stop.requested) and self.run_dir is not None:
+                        self.save()
+                self.interrupted = stop.requested and self.step < t.steps
+        finally:
+            bar.close()
+            if runlog is not None:
+                runlog.close()
         return records
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    found = list_checkpoints(run_dir)
-    return found[-1] if found else None

@@ -14,26 +14,13 @@ from pathlib import Path
 import torch
 
 from pmalopti.lm.data import lm_batch, read_texts, tokenize_blocks
-from pmalopti.lm.loop import (
-    evaluate_batches,
-    list_checkpoints,
-    quiet_transformers,
-    resolve_device,
-)
+from pmalopti.lm.loss import evaluate_batches
 from pmalopti.lm.schedule import stable_range
-from pmalopti.models.tiny import load_tokenizer
 from pmalopti.pma.in_memory import merged_state_dict
 from pmalopti.pma.spec import MergeSpec
-
-
-def load_model(ckpt: str | Path, device: torch.device | str = "cpu"):
-    from transformers import AutoModelForCausalLM
-
-    ckpt = Path(ckpt)
-    if not (ckpt / "config.json").is_file():
-        raise FileNotFoundError(f"{ckpt} is not a Hugging Face model folder (no config.json)")
-    with quiet_transformers():
-        return AutoModelForCausalLM.from_pretrained(str(ckpt), dtype=torch.float32).to(device)
+from pmalopti.runtime.checkpoint import list_checkpoints
+from pmalopti.runtime.device import resolve_device
+from pmalopti.runtime.hf import load_model, load_tokenizer
 
 
 def blocks_loss(model, blocks: torch.Tensor, batch_size: int, device: torch.device) -> float:

@@ -83,7 +83,7 @@ class OnlinePMAHook:
             avg.step(start)  # the starting weights, in case a window begins there
 
     def __call__(self, step: int, record: dict) -> None:
-        from pmalopti.lm.loop import evaluate_batches
+        from pmalopti.lm.loss import evaluate_batches
 
         device = next(self.model.parameters()).device
         for m, avg in self.averagers.items():

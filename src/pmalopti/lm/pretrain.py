@@ -1,7 +1,8 @@
 """`pmalopti pretrain`: a small causal LM from scratch (or from `init_from`) under a WSD schedule.
 
 Checkpoints are ordinary Hugging Face folders (weights, config, generation config, tokenizer) plus
-`trainer_state.json` and a resumable `training_state.pt`; the run folder also holds `config.yaml`,
+`trainer_state.json` and a resumable `training_state.pt` (the format of `pmalopti.runtime.checkpoint`);
+the run folder also holds `config.yaml`,
 `metrics.jsonl`, the held-out validation text (`data/val.jsonl`) and, at the end, the PMA report.
 """
 
@@ -16,6 +17,7 @@ from typing import Literal
 import torch
 
 from pmalopti.config import SEED, bounded, save_config
+from pmalopti.lm.configs import OptimConfig, ScheduleConfig, TrainConfig
 from pmalopti.lm.data import (
     BUILTIN,
     batch_indices,
@@ -25,16 +27,11 @@ from pmalopti.lm.data import (
     split_texts,
     tokenize_blocks,
 )
-from pmalopti.lm.loop import (
-    LoopResult,
-    OptimConfig,
-    ScheduleConfig,
-    TrainConfig,
-    list_checkpoints,
-    train,
-)
+from pmalopti.lm.loop import LoopResult, train
 from pmalopti.lm.online_pma import OnlinePMAConfig, online_pma_hook
+from pmalopti.runtime.checkpoint import list_checkpoints, resume_checkpoint
 from pmalopti.runtime.fs import atomic_write_text, prepare_run_dir
+from pmalopti.runtime.threads import torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -167,11 +164,10 @@ def corpus(cfg: PretrainConfig) -> tuple[list[str], list[str]]:
 
 
 def build_model_and_tokenizer(cfg: PretrainConfig, train_texts: list[str]):
-    from pmalopti.models.tiny import load_tokenizer, tiny_model_and_tokenizer
+    from pmalopti.models.tiny import tiny_model_and_tokenizer
+    from pmalopti.runtime.hf import load_model, load_tokenizer
 
     if cfg.init_from:
-        from pmalopti.lm.evaluate import load_model
-
         return load_model(cfg.init_from), load_tokenizer(cfg.init_from)
     m = cfg.model
     return tiny_model_and_tokenizer(
@@ -214,19 +210,13 @@ def pretrain(
     cfg: PretrainConfig, run_dir: str | Path, *, resume: bool = False, force: bool = False, hooks=()
 ) -> LoopResult:
     """Train (or resume) a run in `run_dir`; write the PMA report at the end when enabled."""
-    from pmalopti.lm.evaluate import load_model
-    from pmalopti.models.tiny import load_tokenizer
+    from pmalopti.runtime.hf import load_model, load_tokenizer
 
     run_dir = Path(run_dir)
     prepare_run_dir(run_dir, resume=resume, force=force, inputs=[cfg.init_from, cfg.data.path])
     resume_from = None
     if resume:
-        ckpts = list_checkpoints(run_dir)
-        if not ckpts:
-            raise FileNotFoundError(
-                f"run folder {run_dir} has no checkpoint-* folder to resume from"
-            )
-        resume_from = ckpts[-1][1]
+        resume_from = resume_checkpoint(run_dir, required=True)
         model, tok = load_model(resume_from), load_tokenizer(resume_from)
         train_texts = read_texts(run_dir / "data" / "train.jsonl")
     else:
@@ -234,9 +224,12 @@ def pretrain(
         model, tok = build_model_and_tokenizer(cfg, train_texts)
         write_jsonl(run_dir / "data" / "train.jsonl", train_texts)
         write_jsonl(run_dir / "data" / "val.jsonl", val_texts)
-    result = train_run(cfg, run_dir, model, tok, train_texts, resume_from=resume_from, hooks=hooks)
-    if cfg.report.enabled:
-        report(run_dir, cfg)
+    with torch_threads(cfg.train.threads):
+        result = train_run(
+            cfg, run_dir, model, tok, train_texts, resume_from=resume_from, hooks=hooks
+        )
+        if cfg.report.enabled:
+            report(run_dir, cfg)
     return result
 
 
@@ -259,8 +252,7 @@ def continue_run(
     """
     import shutil
 
-    from pmalopti.lm.evaluate import load_model
-    from pmalopti.models.tiny import load_tokenizer
+    from pmalopti.runtime.hf import load_model, load_tokenizer
 
     src_run, out_run = Path(src_run), Path(out_run)
     prepare_run_dir(out_run, force=force, inputs=[src_run, init])
@@ -338,8 +330,8 @@ def report(run_dir: str | Path, cfg: PretrainConfig | None = None) -> dict[str, 
     """Evaluate live / merged / annealed checkpoints of a finished run and write RUN/report/."""
     from pmalopti.config import load_config
     from pmalopti.lm.evaluate import evaluate_pma
-    from pmalopti.models.tiny import load_tokenizer
     from pmalopti.pma.report import write_pma_report
+    from pmalopti.runtime.hf import load_tokenizer
 
     run_dir = Path(run_dir)
     if cfg is None:

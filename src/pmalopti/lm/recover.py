@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pmalopti.pma.spec import MergeSpec
 from pmalopti.pma.spike import Spike, checkpoints_before, spike_from_log
+from pmalopti.runtime.checkpoint import load_state
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,6 @@ def resume_from_merge(
     import json
 
     from pmalopti.config import load_config
-    from pmalopti.lm.loop import load_training_state
     from pmalopti.lm.pretrain import PretrainConfig, continue_run
 
     run_dir = Path(run_dir)
@@ -107,7 +107,7 @@ def resume_from_merge(
     state = json.loads((newest / "trainer_state.json").read_text(encoding="utf-8"))
     opt_state = None
     if optimizer == "newest":
-        opt_state = load_training_state(newest)["optimizer"]
+        opt_state = load_state(newest)["optimizer"]
     elif optimizer != "fresh":
         raise ValueError(f"--optimizer {optimizer!r}: choose fresh or newest")
     return continue_run(

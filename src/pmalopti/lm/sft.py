@@ -16,9 +16,13 @@ from typing import Any
 import torch
 
 from pmalopti.config import SEED, bounded, save_config
+from pmalopti.lm.configs import OptimConfig, ScheduleConfig, TrainConfig
 from pmalopti.lm.data import batch_indices
-from pmalopti.lm.loop import IGNORE, LoopResult, OptimConfig, ScheduleConfig, TrainConfig, train
-from pmalopti.runtime.fs import prepare_run_dir
+from pmalopti.lm.loop import LoopResult, train
+from pmalopti.lm.loss import IGNORE, evaluate_batches
+from pmalopti.runtime.device import resolve_device
+from pmalopti.runtime.fs import atomic_write_json, prepare_run_dir
+from pmalopti.runtime.threads import torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -174,9 +178,8 @@ def sft(
     cfg: SFTConfig, run_dir: str | Path, *, resume: bool = False, force: bool = False, hooks=()
 ) -> tuple[LoopResult, dict]:
     """Fine-tune `cfg.init_from` into `run_dir`; returns the loop result and final eval metrics."""
-    from pmalopti.lm.evaluate import load_model
-    from pmalopti.lm.loop import evaluate_batches, list_checkpoints, resolve_device
-    from pmalopti.models.tiny import load_tokenizer
+    from pmalopti.runtime.checkpoint import resume_checkpoint
+    from pmalopti.runtime.hf import load_model, load_tokenizer
 
     run_dir = Path(run_dir)
     if not resume and not cfg.init_from:
@@ -186,13 +189,7 @@ def sft(
     prepare_run_dir(run_dir, resume=resume, force=force, inputs=[cfg.init_from, cfg.data.path])
     resume_from = None
     if resume:
-        ckpts = list_checkpoints(run_dir)
-        if not ckpts:
-            raise FileNotFoundError(
-                f"run folder {run_dir} has no checkpoint-* folder to resume from"
-            )
-        resume_from = ckpts[-1][1]
-        source = resume_from
+        resume_from = source = resume_checkpoint(run_dir, required=True)
     else:
         source = Path(cfg.init_from)
     model, tok = load_model(source), load_tokenizer(source)
@@ -200,6 +197,36 @@ def sft(
     train_ex = encode_rows(train_rows, tok, cfg.data.max_length, "training")
     val_ex = encode_rows(val_rows, tok, cfg.data.max_length, "validation")
     save_config(cfg, run_dir / "config.yaml")
+    with torch_threads(cfg.train.threads):
+        result, val_batches = fit(
+            model, tok, train_ex, val_ex, cfg, run_dir, resume_from=resume_from, hooks=hooks
+        )
+        t = cfg.train
+        device = resolve_device(t.device, "train.device")
+        final = {
+            "step": result.step,
+            "val_loss": evaluate_batches(model, val_batches, device, t.dtype),
+        }
+        if task is not None and cfg.data.eval_generate:
+            rows = val_rows[: cfg.data.eval_generate]
+            final["accuracy"] = greedy_accuracy(model, tok, task, rows, device, cfg.data.max_length)
+            final["eval_samples"] = len(rows)
+    atomic_write_json(run_dir / "eval.json", final)
+    return result, final
+
+
+def fit(
+    model,
+    tok,
+    train_ex: list[tuple[list[int], list[int]]],
+    val_ex: list[tuple[list[int], list[int]]],
+    cfg: SFTConfig,
+    run_dir: Path | None,
+    *,
+    resume_from: Path | None = None,
+    hooks=(),
+) -> tuple[LoopResult, list[dict]]:
+    """The SFT loop on encoded (input_ids, labels) pairs; `run_dir=None` trains in memory."""
     t = cfg.train
 
     def batches(step: int) -> list[dict]:
@@ -225,16 +252,7 @@ def sft(
         resume_from=resume_from,
         hooks=hooks,
     )
-    device = resolve_device(t.device)
-    final = {"step": result.step, "val_loss": evaluate_batches(model, val_batches, device, t.dtype)}
-    if task is not None and cfg.data.eval_generate:
-        rows = val_rows[: cfg.data.eval_generate]
-        final["accuracy"] = greedy_accuracy(model, tok, task, rows, device, cfg.data.max_length)
-        final["eval_samples"] = len(rows)
-    from pmalopti.runtime.fs import atomic_write_json
-
-    atomic_write_json(run_dir / "eval.json", final)
-    return result, final
+    return result, val_batches
 
 
 def greedy_accuracy(

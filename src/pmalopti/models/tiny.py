@@ -6,23 +6,21 @@ Llama or Qwen2 model, so everything downstream (save_pretrained, merging, genera
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Literal
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
     AutoModelForCausalLM,
-    AutoTokenizer,
     LlamaConfig,
     PretrainedConfig,
     PreTrainedModel,
-    PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
     Qwen2Config,
 )
+
+from pmalopti.runtime.hf import load_tokenizer  # noqa: F401  (its home; kept importable here)
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
@@ -110,21 +108,6 @@ def tiny_config(
         rms_norm_eps=1e-6,
         rope_theta=10000.0,
     )
-
-
-def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
-    """Load a checkpoint's tokenizer the way it was saved.
-
-    `AutoTokenizer` replaces a generic tokenizer with the model family's own class for some model
-    types (Qwen2 among them), which re-splits text differently from the tokenizer a tiny model
-    was trained with. A folder whose `tokenizer_config.json` names the generic class loads as that.
-    """
-    cfg_file = Path(path) / "tokenizer_config.json"
-    if cfg_file.is_file():
-        cls = json.loads(cfg_file.read_text(encoding="utf-8")).get("tokenizer_class")
-        if cls in ("TokenizersBackend", "PreTrainedTokenizerFast"):
-            return PreTrainedTokenizerFast.from_pretrained(str(path))
-    return AutoTokenizer.from_pretrained(str(path))
 
 
 def build_tiny_model(

@@ -22,6 +22,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from pmalopti.pma.spec import MergeSpec
 from pmalopti.pma.weights import METHODS, Method, merge_weights
 
 try:  # torch builds without distributed support have no DTensor; nothing is sharded there.
@@ -53,10 +54,10 @@ class OnlineAverageConfig:
     """Where accumulators live: 'cpu' (saves accelerator memory) or 'same' (beside each tensor)."""
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(
-                f"method: {self.method!r} is not allowed; choose one of {list(METHODS)}"
-            )
+        try:
+            MergeSpec(self.method, self.alpha)  # the one validation of a merge method
+        except ValueError as exc:
+            raise ValueError(f"{'alpha' if self.method in METHODS else 'method'}: {exc}") from None
         for name in ("n", "interval"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -73,12 +74,6 @@ class OnlineAverageConfig:
             raise ValueError(f"start_step: must be >= 0, got {self.start_step}")
         if self.device not in ("cpu", "same"):
             raise ValueError(f"device: {self.device!r} is not allowed; choose 'cpu' or 'same'")
-        if self.method != "ema" and self.alpha is not None:
-            raise ValueError(f"alpha: only method 'ema' uses it, but method is {self.method!r}")
-        try:
-            merge_weights(self.method, self.n, self.alpha)
-        except ValueError as exc:
-            raise ValueError(f"alpha: {exc}") from None
 
     @property
     def weights(self) -> list[float]:

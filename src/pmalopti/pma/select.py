@@ -18,9 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pmalopti.pma.dcp_layout import step_from_name
-
-# HF Trainer checkpoint-N, OLMo-core stepN, torchtitan step-N, Megatron iter_NNNNNNN.
-STEP_DIR = re.compile(r"^(?:checkpoint-|step-?|iter_)(\d+)$")
+from pmalopti.runtime.checkpoint import CHECKPOINT_DIR as STEP_DIR
 
 
 @dataclass(frozen=True)
@@ -229,6 +227,36 @@ def _spaced(
         if x != t:
             notes.append(f"--nearest: {key} {t:,} is missing; took {key} {x:,}")
     return Selection(chosen[::-1], targets=targets, key=key, notes=notes)
+
+
+def choose_checkpoints(
+    *,
+    run_dir: str | Path | None = None,
+    paths: Sequence[str | Path] = (),
+    order_sensitive: bool = True,
+    as_given: bool = False,
+    **selection,
+) -> Selection:
+    """What `pmalopti merge` merges: a run folder's checkpoints or explicit `paths` (ordered by
+    step, see `checkpoints_from_paths`), selected by `select_checkpoints(**selection)`, with notes
+    on the order used and on checkpoints outside the constant-LR phase."""
+    if run_dir is not None and paths:
+        raise ValueError("give checkpoints or --run-dir, not both")
+    notes = []
+    if run_dir is not None:
+        ckpts = discover_checkpoints(run_dir)
+    elif paths:
+        ckpts = checkpoints_from_paths(paths, order_sensitive=order_sensitive, as_given=as_given)
+        if [c.path for c in ckpts] != [Path(p) for p in paths]:
+            order = ", ".join(f"{c.path} ({c.step})" for c in ckpts)
+            notes.append(f"inputs ordered by step: {order}")
+    else:
+        raise ValueError("give checkpoints to merge, --run-dir RUN, or --example")
+    sel = select_checkpoints(ckpts, **selection)
+    sel.notes[:0] = notes
+    if run_dir is not None:
+        sel.notes += phase_notes(sel.checkpoints, stable_steps(run_dir))
+    return sel
 
 
 def stable_steps(run_dir: str | Path) -> tuple[int, int | None] | None:
