@@ -17,8 +17,16 @@ from functools import partial
 
 import torch
 from omegaconf import open_dict
-from verl.trainer.ppo.v1.trainer_base import register_trainer as _verl_register_trainer
-from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+
+try:
+    from verl.trainer.ppo.v1.trainer_base import register_trainer as _verl_register_trainer
+    from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+except ImportError as e:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        "pmalopti.integrations.verl_trainer needs verl's v1 trainer (verl 0.9.1 with "
+        "TransferQueue): pip install 'pmalopti[verl]', or 'pmalopti[verl-tests]' on a CPU "
+        f"(import failed: {e})"
+    ) from e
 
 from pmalopti.integrations.verl import (
     KL_MASK_KEY,
