@@ -37,7 +37,10 @@ RENDERERS = {
     "rl_kk": lambda args: results.rl_table(args),
     "rl_fig1": lambda args: results.rl_fig1_table(args),
     "rl_effect": lambda args: results.rl_effect_table(),
+    "rl_effect_sentence": lambda args: results.rl_effect_sentence(),
     "merge_bench": lambda args: results.merge_benchmark(),
+    "merge_dcp": lambda args: results.merge_dcp_table(),
+    "online_write": lambda args: results.online_write_table(),
 }
 
 

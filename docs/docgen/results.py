@@ -251,13 +251,19 @@ def rl_sentences() -> tuple[str, str]:
 
 # --- RL where plain GRPO works (experiments/rl_effect) -----------------------------------------
 
-RL_EFFECT = (("grpo", "GRPO"), ("ar", "+ AR"), ("lopti", "+ Lopti"), ("ar_lopti", "+ AR + Lopti"))
+RL_EFFECT = "experiments/rl_effect/summary.json"
+RL_EFFECT_ROWS = (
+    ("grpo", "GRPO"),
+    ("ar", "+ AR"),
+    ("lopti", "+ Lopti"),
+    ("ar_lopti", "+ AR + Lopti"),
+)
 
 
 def rl_effect_table() -> str:
-    s = load("experiments/rl_effect/summary.json")
+    s = load(RL_EFFECT)
     rows = []
-    for key, name in RL_EFFECT:
+    for key, name in RL_EFFECT_ROWS:
         if key not in s["variants"]:
             continue
         seeds = s["variants"][key]["seeds"]
@@ -338,6 +344,31 @@ def merge_benchmark_sentence() -> str:
     return text
 
 
+RL_EFFECT_LABELS = {"ar": "+ AR", "lopti": "+ Lopti", "ar_lopti": "+ AR + Lopti"}
+
+
+def rl_effect_sentence() -> str:
+    """Plain GRPO where it learns, and AR / Lopti paired with it seed by seed."""
+    s = load(RL_EFFECT)
+    v = s["variants"]
+    base = v["grpo"]
+    parts = []
+    for key, label in RL_EFFECT_LABELS.items():
+        if key not in v:
+            continue
+        d = v[key]["vs_grpo"]
+        parts.append(
+            f"{label} {d['mean']:+.3f} ± {d['std']:.3f} (better on {d['wins']}, worse on "
+            f"{d['losses']} of {d['n']} seeds)"
+        )
+    return (
+        f"in the regime where plain GRPO learns ({s['steps']} steps, {base['n']} "
+        f"seed{'s' if base['n'] != 1 else ''}), it raises held-out accuracy from "
+        f"{base['start_mean']:.3f} to {base['final_mean']:.3f} ± {base['final_std']:.3f}; final "
+        f"accuracy minus GRPO's: " + ", ".join(parts)
+    )
+
+
 # --- README summary ----------------------------------------------------------------------------
 
 
@@ -352,6 +383,11 @@ def readme_results() -> str:
         "**AR and Lopti for GRPO, tiny models** ([every seed](experiments/rl_kk/README.md))",
         f"- The paper's Fig. 1 reproduces: {fig1}.",
         f"- The paper's accuracy gains do not reproduce at this scale. {acc}.",
+        *(
+            [f"- [GRPO where it learns](experiments/rl_effect/README.md): {rl_effect_sentence()}."]
+            if (ROOT / RL_EFFECT).is_file()
+            else []
+        ),
         "",
         "**Benchmarks** ([benchmarks](docs/benchmarks.md))",
         f"- {merge_benchmark_sentence()}.",
@@ -412,3 +448,55 @@ def gpu_sentence() -> str:
         device = env.get("device_name", path.stem)
         lines.append(f"- One {device} ([{path.name}]({rel})): " + "; ".join(parts) + ".")
     return "\n".join(lines)
+
+
+# --- DCP merge and online writes under FSDP2 (benchmarks/merge_dcp.py, online_write_fsdp2.py) --
+
+
+def merge_dcp_table() -> str:
+    r = load("benchmarks/results/merge_dcp.json")
+    rows = [
+        [name, f"{v['wall_s']:.2f}", f"{v['cpu_s']:.2f}", f"{v['peak_rss_gb']:.2f}"]
+        for name, v in r["rows"].items()
+    ]
+    n, gb = r["checkpoints"], r["gb_per_checkpoint"]
+    head = f"job ({n} DCP checkpoints of {gb:.2f} GB, {r['layout']})"
+    cmp = r["ours_vs_alternative"]
+    return (
+        _table([head, "wall (s)", "CPU (s)", "peak RSS (GB)"], rows)
+        + f"\n\nMeasured {r['date_utc']} on {r['machine']['cpus']} CPUs shared with other jobs "
+        f"(load average {r['load_average_before'][0]:.1f} before, "
+        f"{r['load_average_after'][0]:.1f} after: absolute times are inflated). "
+        + (
+            "The two merged checkpoints are identical, bit for bit."
+            if cmp["max_abs"] == 0
+            else f"The two merged checkpoints differ by at most {cmp['max_abs']:.2g} "
+            f"({cmp['share_differ']:.2%} of elements)."
+        )
+    )
+
+
+def online_write_table() -> str:
+    r = load("benchmarks/results/online_write_fsdp2.json")
+    names = {
+        "full": "`merged_state_dict(full=True)` + rank-0 HF write (before)",
+        "hf": "`save_merge_hf`: gathered to rank 0 one tensor at a time",
+        "dcp": "`save_merge_dcp`: every rank saves its shards",
+    }
+    rows = [
+        [
+            names[k],
+            f"{v['seconds']:.2f}",
+            f"{v['peak_above_gb'][0]:.3f}",
+            f"{v['peak_above_gb'][1]:.3f}",
+        ]
+        for k, v in r["ways"].items()
+    ]
+    head = (
+        f"writing the merge of a {r['parameters'] / 1e6:.0f}M-parameter FSDP2 model "
+        f"({r['model_gb_float32']:.2f} GB float32), {r['ranks']} gloo ranks"
+    )
+    return (
+        _table([head, "wall (s)", "rank 0 peak above (GB)", "rank 1 peak above (GB)"], rows)
+        + f"\n\nMeasured {r['date_utc']} (load average {r['load_average_before'][0]:.1f})."
+    )

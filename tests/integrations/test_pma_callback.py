@@ -92,7 +92,8 @@ def run(setup, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     rec, spy = Recorder(), LogSpy()
     trainer = make_trainer(setup, out, [rec, spy])
-    pma = PMACallback(**SCHEDULE, trainer=trainer)  # as TRL's callbacks take their trainer
+    # as TRL's callbacks take their trainer; the averager state goes into checkpoints (resume test)
+    pma = PMACallback(**SCHEDULE, trainer=trainer, save_state=True)
     trainer.add_callback(pma)
     trainer.train()
     trainer.spy = spy
@@ -143,7 +144,7 @@ def test_a_run_resumed_mid_window_writes_the_same_merge(run, setup, tmp_path):
     out, *_ = run
     assert (out / "checkpoint-5" / "pma_online_state.pt").is_file()
     shutil.copytree(out / "checkpoint-5", tmp_path / "checkpoint-5")
-    pma = PMACallback(**SCHEDULE)
+    pma = PMACallback(**SCHEDULE, save_state=True)
     make_trainer(setup, tmp_path, [pma]).train(
         resume_from_checkpoint=str(tmp_path / "checkpoint-5")
     )
@@ -153,6 +154,45 @@ def test_a_run_resumed_mid_window_writes_the_same_merge(run, setup, tmp_path):
     assert resumed.keys() == uninterrupted.keys()
     for k, v in uninterrupted.items():
         torch.testing.assert_close(resumed[k], v, rtol=1e-6, atol=1e-7)
+
+
+def test_by_default_checkpoints_hold_no_averager_state_and_a_resumed_run_restarts_its_windows(
+    setup, tmp_path
+):
+    first = make_trainer(setup, tmp_path / "a", [PMACallback(**SCHEDULE)], eval_strategy="no")
+    first.train()
+    ckpt = tmp_path / "a" / "checkpoint-5"
+    assert ckpt.is_dir() and not list(ckpt.glob("pma_online_state*"))
+    shutil.copytree(ckpt, tmp_path / "b" / "checkpoint-5")
+    pma = PMACallback(**SCHEDULE)
+    trainer = make_trainer(setup, tmp_path / "b", [pma], eval_strategy="no", max_steps=12)
+    with pytest.warns(RuntimeWarning, match="skipped the merge at step 8"):
+        trainer.train(resume_from_checkpoint=str(tmp_path / "b" / "checkpoint-5"))
+    # the window 4-6-8 began before the checkpoint: skipped; 8-10-12 is whole
+    assert [p.name for p in pma.written] == ["pma-12"]
+
+
+def test_dcp_format_writes_the_same_merge_as_the_hf_format(run, setup, tmp_path):
+    import torch.distributed.checkpoint as dcp
+
+    from pmalopti.cli import main
+
+    out, *_ = run
+    pma = PMACallback(**SCHEDULE, save_format="dcp", evaluate=False)
+    make_trainer(setup, tmp_path, [pma], eval_strategy="no", save_strategy="no").train()
+    assert [p.name for p in pma.written] == ["pma-4", "pma-8"]
+    assert (tmp_path / "pma-8" / ".metadata").is_file()
+    hf = load_file(out / "pma-8" / "model.safetensors")
+    sd = {k: torch.empty_like(v) for k, v in hf.items()}
+    dcp.load(sd, checkpoint_id=str(tmp_path / "pma-8"), no_dist=True)
+    for k, v in hf.items():
+        torch.testing.assert_close(sd[k], v, rtol=1e-6, atol=1e-7)
+    # and offline, `pmalopti merge` of that one DCP folder gives the HF folder back
+    conv = tmp_path / "pma-8-hf"
+    assert main(["merge", str(tmp_path / "pma-8"), "--format", "hf", "-o", str(conv)]) == 0
+    model = AutoModelForCausalLM.from_pretrained(conv, dtype=torch.float32)
+    for k, p in model.named_parameters():
+        torch.testing.assert_close(p.detach(), hf[k], rtol=1e-6, atol=1e-7)
 
 
 def test_existing_merged_folders_stop_the_run_before_training_not_at_the_first_merge(

@@ -160,6 +160,35 @@ def _save(root: Path, step: int, model_sd, optim_sd, rank: int) -> None:
         (acc / "scheduler.pt").write_bytes(b"scheduler state")
 
 
+def _save_online(online, root: Path, rank: int) -> None:
+    """Write the online merge both ways, recording what each rank gathered or materialised."""
+    from torch.distributed.tensor import DTensor
+
+    from pmalopti.pma import dcp_online
+
+    facts = {"full_tensor_calls": 0, "gather_sent": [], "gather_received": []}
+    real_full, real_gather = DTensor.full_tensor, dist.gather
+
+    def full_tensor(self, *a, **k):
+        facts["full_tensor_calls"] += 1
+        return real_full(self, *a, **k)
+
+    def gather(tensor, gather_list=None, *a, **k):
+        facts["gather_sent"].append(tensor.numel())
+        facts["gather_received"].append(sum(t.numel() for t in gather_list or []))
+        return real_gather(tensor, gather_list, *a, **k)
+
+    DTensor.full_tensor, dist.gather = full_tensor, gather
+    try:
+        dcp_online.save_merge_hf(online, root / "online-hf", metadata={"merge_step": 3})
+        dcp_online.save_merge_dcp(online, root / "online-dcp")
+    finally:
+        DTensor.full_tensor, dist.gather = real_full, real_gather
+    facts["local_numel"] = [t.to_local().numel() for _, t in online.tracked]
+    facts["full_numel"] = [t.numel() for _, t in online.tracked]
+    (root / f"online-facts-{rank}.json").write_text(json.dumps(facts))
+
+
 def _worker(rank: int, root: str, init_file: str) -> None:
     """Train and save in four layouts; rank 0 merges each; both ranks load each merge back."""
     from torch.distributed.checkpoint.state_dict import (
@@ -170,6 +199,7 @@ def _worker(rank: int, root: str, init_file: str) -> None:
 
     from pmalopti.pma.dcp_layout import detect_all
     from pmalopti.pma.dcp_merge import merge_dcp
+    from pmalopti.pma.online import OnlineAverager
 
     torch.set_num_threads(1)
     root_p = Path(root)
@@ -177,17 +207,20 @@ def _worker(rank: int, root: str, init_file: str) -> None:
         model = sharded_model(mesh)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
         g = torch.Generator().manual_seed(0)
+        online = OnlineAverager(model, method="wma", n=3, interval=1, every=3)  # steps 1, 2, 3
         for step in STEPS:
             ids = torch.randint(0, 64, (2, 6), generator=g)  # (B, T), same on both ranks
             model(ids).backward()
             opt.step()
             opt.zero_grad()
+            online.step(step)
             model_sd, optim_sd = get_state_dict(model, opt)
             _save(root_p, step, model_sd, optim_sd, rank)
             full = {k: v.full_tensor() for k, v in model_sd.items()}
             exp_avg = {k: v["exp_avg"].full_tensor() for k, v in optim_sd["state"].items()}
             if rank == 0:
                 torch.save({"model": full, "exp_avg": exp_avg}, root_p / f"ref-{step}.pt")
+        _save_online(online, root_p, rank)
         dist.barrier()
         if rank == 0:  # the merge itself needs no process group
             for layout, name in LAYOUT_DIRS.items():

@@ -254,3 +254,30 @@ def test_hf_format_is_refused_where_no_mapping_is_known(runs, tmp_path, capsys):
     shutil.copy(ckpt_paths(runs, "olmo-core")[-1] / "config.json", olmo / "config.json")
     code, line = run_cli(["merge", str(olmo), "--format", "hf", "-o", str(tmp_path / "o")], capsys)
     assert code == 2 and "no known mapping from olmo-core keys" in line
+
+
+def test_online_merge_of_the_fsdp2_model_is_written_without_any_rank_holding_the_model(
+    runs, reference
+):
+    # The fixture's ranks ran OnlineAverager (WMA of steps 1, 2, 3: the offline reference) on
+    # the sharded model and wrote the merge as HF (gathered to rank 0, one tensor at a time)
+    # and as DCP (each rank its own shards), recording what they gathered.
+    import json
+
+    from safetensors.torch import load_file
+
+    facts = [json.loads((runs / f"online-facts-{r}.json").read_text()) for r in (0, 1)]
+    for f in facts:
+        assert f["full_tensor_calls"] == 0  # no all-gather of a whole tensor on any rank
+        assert f["gather_sent"] == f["local_numel"]  # each rank sends its shard, tensor by tensor
+        assert f["local_numel"] != f["full_numel"]  # ... which is half of each tensor
+    assert facts[1]["gather_received"] == [0] * len(facts[1]["gather_sent"])  # rank 1: own shard
+    assert max(facts[0]["gather_received"]) >= max(facts[0]["full_numel"])  # rank 0: one tensor
+    hf = load_file(runs / "online-hf" / "model.safetensors")
+    dcp_sd = read_all(runs / "online-dcp")
+    assert sorted(hf) == sorted(dcp_sd) == sorted(reference)
+    for k, ref in reference.items():
+        torch.testing.assert_close(hf[k].double(), ref, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(dcp_sd[k].double(), ref, rtol=1e-6, atol=1e-7)
+    chunks = DcpSource(runs / "online-dcp").tensor("lm_head.weight").chunks
+    assert [tuple(c.sizes) for c in chunks] == [(32, 16), (32, 16)]  # one shard per rank

@@ -97,3 +97,13 @@ def test_read_ahead_asks_the_kernel_to_prefetch_each_file_and_changes_nothing(
     assert calls and all(n > 0 for _, n in calls)
     # Each file is advised once per half window, not once per piece.
     assert len(calls) < 10
+
+
+def test_a_quantized_checkpoint_is_refused_before_anything_is_written(tmp_path):
+    a, b = pair(tmp_path)
+    (b / "config.json").write_text(
+        json.dumps({"model_type": "llama", "quantization_config": {"quant_method": "gptq"}})
+    )
+    with pytest.raises(ValueError, match=r"tuned is quantized \(gptq, config.json"):
+        merge_checkpoints([a, b], [1, 1], tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()

@@ -422,7 +422,8 @@ def test_an_interrupted_merge_leaves_no_output_and_keeps_the_old_one(tmp_path, m
 
 
 def test_memory_use_does_not_depend_on_the_number_of_checkpoints(tmp_path, monkeypatch):
-    """Buffers are allocated up front and reused: the count is fixed, whatever N is."""
+    """Buffers are allocated up front and reused: the count is fixed, whatever N is (one worker:
+    with two, whether the second gets a piece at all depends on thread scheduling)."""
     allocated = []
     real_empty = torch.empty
 
@@ -438,7 +439,7 @@ def test_memory_use_does_not_depend_on_the_number_of_checkpoints(tmp_path, monke
         allocated.clear()
         monkeypatch.setattr(torch, "empty", counting_empty)
         merge_checkpoints(
-            inputs, [1] * n, tmp_path / f"out{n}", progress=False, chunk_bytes=256, workers=2
+            inputs, [1] * n, tmp_path / f"out{n}", progress=False, chunk_bytes=256, workers=1
         )
         monkeypatch.setattr(torch, "empty", real_empty)
         counts.append((len(allocated), sum(allocated)))

@@ -2,10 +2,12 @@
 
 A thin `TrainerCallback` over `OnlineAverager`: it snapshots after every optimizer step, writes
 each merge as a Hugging Face folder `<output_dir>/pma-<step>/` (loadable by
-`AutoModelForCausalLM.from_pretrained`, vLLM, lm-eval) and, when the trainer evaluates, adds the
-merged model's loss beside the live one (`eval_pma_loss` next to `eval_loss`, shown by reporters
-as `eval/pma_loss` and `eval/loss`). Its averager state goes into every Trainer checkpoint, so a
-run resumed with `resume_from_checkpoint` keeps its open windows.
+`AutoModelForCausalLM.from_pretrained`, vLLM, lm-eval), or as a DCP folder each rank writes its
+shards into, and, when the trainer evaluates, adds the merged model's loss beside the live one
+(`eval_pma_loss` next to `eval_loss`, shown by reporters as `eval/pma_loss` and `eval/loss`).
+With an FSDP2 (DTensor) model no rank ever holds the whole merge (`pmalopti.pma.dcp_online`).
+Its averager state (two float32 copies of the weights) goes into Trainer checkpoints only with
+`save_state=True`; without it a resumed run restarts its windows (see docs/online-pma.md).
 """
 
 from __future__ import annotations
@@ -14,13 +16,13 @@ import logging
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from transformers import TrainerCallback
 
+from pmalopti.pma.dcp_online import save_merge_dcp, save_merge_hf
 from pmalopti.pma.online import Device, Method, OnlineAverageConfig, OnlineAverager, window_steps
-from pmalopti.pma.writer import write_hf_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +103,12 @@ class PMACallback(TrainerCallback):
             `OnlineAverageConfig` (N snapshots V = `interval` steps apart, merge every M = `every`
             steps; default M = N*V).
         output_dir: where `pma-<step>/` folders go; default the trainer's `output_dir`.
-        save: write each merge as a Hugging Face folder.
+        save: write each merge to `pma-<step>/`.
+        save_format: 'hf' (safetensors folder, written by rank 0 one tensor at a time) or 'dcp'
+            (every rank writes its own shards; `dcp.load` or `pmalopti merge --format hf` read it).
+        save_state: also save the averager state (`pma_online_state*.pt`: the open windows, two
+            float32 copies of the weights) into every Trainer checkpoint, so a resumed run keeps
+            its open windows. Default off: a resumed run restarts them.
         evaluate: when the trainer evaluates (its `eval_strategy` is not "no"), also evaluate the
             latest merge and add `eval_pma_loss`; the trainer is asked to evaluate at every merge
             point so the two losses share a step.
@@ -128,6 +135,8 @@ class PMACallback(TrainerCallback):
         device: Device = "cpu",
         output_dir: str | Path | None = None,
         save: bool = True,
+        save_format: Literal["hf", "dcp"] = "hf",
+        save_state: bool = False,
         evaluate: bool = True,
         dtype: torch.dtype | None = None,
         shard_size: int = 5_000_000_000,
@@ -145,6 +154,10 @@ class PMACallback(TrainerCallback):
         )
         self.output_dir = None if output_dir is None else Path(output_dir)
         self.save = save
+        if save_format not in ("hf", "dcp"):
+            raise ValueError(f"save_format: {save_format!r} is not allowed; choose 'hf' or 'dcp'")
+        self.save_format = save_format
+        self.save_state = save_state
         self.evaluate = evaluate
         self.dtype = dtype
         self.shard_size = shard_size
@@ -222,7 +235,7 @@ class PMACallback(TrainerCallback):
         return control
 
     def on_save(self, args, state, control, **kwargs):
-        if self.averager is None:
+        if self.averager is None or not self.save_state:
             return control
         ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if ckpt.is_dir():
@@ -233,6 +246,13 @@ class PMACallback(TrainerCallback):
 
     def _resume(self, args, state) -> None:
         path = _state_file(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+        if not self.save_state:
+            logger.info(
+                "PMACallback: resuming at step %d; windows open at the checkpoint restart "
+                "(save_state=False)",
+                state.global_step,
+            )
+            return
         if not path.is_file():
             logger.warning(
                 "PMACallback: resuming at step %d without averager state (%s not found); "
@@ -265,9 +285,6 @@ class PMACallback(TrainerCallback):
     def _write(self, args, state, model, processing_class) -> None:
         assert self.averager is not None
         step = self.averager.merged_step
-        tensors = self.averager.merged_state_dict(dtype=self.dtype, full=True)
-        if not state.is_world_process_zero:
-            return
         cfg = self.config
         out = self._pma_dir(args) / f"pma-{step}"
         metadata = {
@@ -284,20 +301,18 @@ class PMACallback(TrainerCallback):
         with tempfile.TemporaryDirectory() as src:
             # config, generation config and tokenizer go through the writer's copy step, so the
             # folder appears complete or not at all.
-            if getattr(model, "config", None) is not None:
-                model.config.save_pretrained(src)
-            gen = getattr(model, "generation_config", None)
-            if gen is not None:
-                gen.save_pretrained(src)
-            if processing_class is not None and hasattr(processing_class, "save_pretrained"):
-                processing_class.save_pretrained(src)
-            write_hf_checkpoint(
-                tensors,
-                out,
-                source_dir=src,
-                shard_size=self.shard_size,
-                metadata=metadata,
-                force=self.force,
-            )
+            if state.is_world_process_zero:
+                if getattr(model, "config", None) is not None:
+                    model.config.save_pretrained(src)
+                gen = getattr(model, "generation_config", None)
+                if gen is not None:
+                    gen.save_pretrained(src)
+                if processing_class is not None and hasattr(processing_class, "save_pretrained"):
+                    processing_class.save_pretrained(src)
+            kwargs = dict(dtype=self.dtype, source_dir=src, metadata=metadata, force=self.force)
+            if self.save_format == "dcp":
+                save_merge_dcp(self.averager, out, **kwargs)
+            else:
+                save_merge_hf(self.averager, out, shard_size=self.shard_size, **kwargs)
         self.written.append(out)
         logger.info("PMACallback: wrote the step-%d merge to %s", step, out)

@@ -10,16 +10,19 @@ Pre-training frameworks save `torch.distributed.checkpoint` folders (`.metadata`
 | `megatron`   | `<save>/iter_<NNNNNNN>/` (`--ckpt-format torch_dist`) | itself          | all but `optimizer.*` and `rng_state*` |
 | `accelerate` | `checkpoint-<N>/` (or its `pytorch_model_fsdp_0/`) | `pytorch_model_fsdp_0/` | `model.*` (the optimizer is in `optimizer_0/`) |
 
-The step comes from the folder name (`step-N`, `stepN`, `iter_N`, `checkpoint-N`). A DCP folder
-with another name is the generic layout `dcp`: its model keys are `model.*` when any key starts
-with `model.`, else every key outside the non-model roots above. `--model-prefix` overrides the
+The step comes from the folder name (`step-N`, `stepN`, `iter_N`, `checkpoint-N`, and `pma-N` for
+the online callback's merges). A DCP folder with another name is the generic layout `dcp`: its
+model keys are every key outside the roots `optimizer`, `optim`, `lr_scheduler`, `scheduler`,
+`dataloader`, `data_loader`, `train_state`, `rng_state`. `--model-prefix` overrides the
 rule for any layout. Tensors outside the model (optimizer moments, schedulers, data loaders, step
 counters) are never averaged: see `pmalopti.pma.dcp_merge`.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import re
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -42,6 +45,7 @@ _NAMES: tuple[tuple[re.Pattern[str], Layout], ...] = (
     (re.compile(r"^step(\d+)$"), Layout.OLMO_CORE),
     (re.compile(r"^iter_(\d+)$"), Layout.MEGATRON),
     (re.compile(r"^checkpoint-(\d+)$"), Layout.ACCELERATE),
+    (re.compile(r"^pma-(\d+)$"), Layout.DCP),  # PMACallback(save_format="dcp")
 )
 # Sub-folders that hold the DCP folder of a checkpoint.
 _SUBDIRS = {"model_and_optim": Layout.OLMO_CORE, "pytorch_model_fsdp_0": Layout.ACCELERATE}
@@ -54,6 +58,8 @@ _NON_MODEL_ROOTS = {
     ),
 }  # fmt: skip
 _MODEL_PREFIX = {Layout.OLMO_CORE: "model.", Layout.ACCELERATE: "model."}
+# Megatron cannot load a torch_dist folder without these two (args, iteration, versions).
+_MEGATRON_FILES = ("common.pt", "metadata.json")
 
 
 @dataclass(frozen=True)
@@ -147,15 +153,13 @@ def detect_all(paths: Sequence[str | Path]) -> list[DcpCheckpoint] | None:
 
 
 def model_key_rule(
-    layout: Layout, keys: Sequence[str], model_prefix: Sequence[str] | None = None
+    layout: Layout, model_prefix: Sequence[str] | None = None
 ) -> tuple[Callable[[str], bool], str]:
     """(is_model_key, the rule in words) for a layout, or for explicit prefixes."""
     if model_prefix:
         prefixes = tuple(model_prefix)
         return (lambda k: k.startswith(prefixes)), f"keys starting with {' or '.join(prefixes)}"
     prefix = _MODEL_PREFIX.get(layout)
-    if prefix is None and layout == Layout.DCP and any(k.startswith("model.") for k in keys):
-        prefix = "model."
     if prefix is not None:
         return (lambda k: k.startswith(prefix)), f"keys starting with {prefix!r} ({layout})"
     roots = _NON_MODEL_ROOTS[layout]
@@ -164,3 +168,32 @@ def model_key_rule(
         return not any(k == r or k.startswith((r + ".", r + "/")) for r in roots)
 
     return is_model, f"keys outside {', '.join(roots)} ({layout})"
+
+
+def copy_side_files(newest: DcpCheckpoint, out: Path, *, keep_non_model: bool) -> list[str]:
+    """Files beside the DCP data the trainer needs: config/tokenizer always, Megatron's
+    `common.pt`/`metadata.json` always, and with `keep_non_model` everything else of the newest
+    checkpoint (OLMo-core `train/`, accelerate `optimizer_0/`, `scheduler.pt`, RNG states)."""
+    from pmalopti.pma.writer import COPY_PATTERNS  # config and tokenizer files (imports torch)
+
+    copied = []
+    for n in _MEGATRON_FILES:
+        if (newest.dcp_dir / n).is_file():
+            shutil.copy2(newest.dcp_dir / n, out / newest.subdir / n)
+            copied.append(str(Path(newest.subdir) / n))
+    if newest.dcp_dir == newest.path:
+        return copied
+    for entry in sorted(newest.path.iterdir()):
+        if entry == newest.dcp_dir or entry.name.startswith(
+            ("pytorch_model_fsdp_", ".", "pmalopti_")
+        ):
+            continue  # other DCP model folders, hidden files, pmalopti's own records
+        model_file = entry.is_file() and any(fnmatch.fnmatch(entry.name, p) for p in COPY_PATTERNS)
+        if not (model_file or keep_non_model):
+            continue
+        if entry.is_dir():
+            shutil.copytree(entry, out / entry.name)
+        else:
+            shutil.copy2(entry, out / entry.name)
+        copied.append(entry.name)
+    return copied

@@ -21,7 +21,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import shutil
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -48,17 +47,14 @@ from torch.distributed.checkpoint.planner import (
 )
 from tqdm import tqdm
 
-from pmalopti.pma.dcp_layout import DcpCheckpoint, Layout, model_key_rule
+from pmalopti.pma.dcp_layout import DcpCheckpoint, copy_side_files, model_key_rule
 from pmalopti.pma.dcp_read import DcpSource
 from pmalopti.pma.streaming import parse_dtype
 from pmalopti.pma.weights import normalize_weights
-from pmalopti.pma.writer import COPY_PATTERNS, write_metadata
+from pmalopti.pma.writer import write_metadata
 from pmalopti.runtime.fs import atomic_dir, check_output_dir
 
 log = logging.getLogger(__name__)
-
-# Megatron cannot load a torch_dist folder without these two (args, iteration, versions).
-_MEGATRON_FILES = ("common.pt", "metadata.json")
 
 
 class Plan:
@@ -75,14 +71,14 @@ class Plan:
     ) -> None:
         newest = sources[-1]
         keys = list(newest.entries)
-        is_model, self.rule = model_key_rule(ckpts[-1].layout, keys, model_prefix)
+        is_model, self.rule = model_key_rule(ckpts[-1].layout, model_prefix)
         self.model = [k for k in keys if is_model(k)]
         if not self.model:
             raise ValueError(
                 f"DCP checkpoint {ckpts[-1].path}: no model keys by the rule {self.rule} "
                 f"(keys look like {keys[:3]}); pass --model-prefix"
             )
-        self.dropped = [] if keep_non_model else [k for k in keys if not is_model(k)]
+        self.dropped = set() if keep_non_model else {k for k in keys if not is_model(k)}
         self.action: dict[str, str] = {}
         for k in keys:
             if k in self.dropped:
@@ -126,7 +122,7 @@ def check_compatible(
                 f"checkpoint {ref} has"
                 + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
             )
-        is_model = model_key_rule(ck.layout, list(newest.entries), model_prefix)[0]
+        is_model = model_key_rule(ck.layout, model_prefix)[0]
         extra = [k for k in src.entries if k not in wanted and is_model(k)]
         if extra:
             raise ValueError(
@@ -310,34 +306,6 @@ def _nbytes(md: TensorStorageMetadata | BytesStorageMetadata) -> int:
     return md.size.numel() * md.properties.dtype.itemsize
 
 
-def _copy_side_files(newest: DcpCheckpoint, out: Path, *, keep_non_model: bool) -> list[str]:
-    """Files beside the DCP data the trainer needs: config/tokenizer always, Megatron's
-    `common.pt`/`metadata.json` always, and with `keep_non_model` everything else of the newest
-    checkpoint (OLMo-core `train/`, accelerate `optimizer_0/`, `scheduler.pt`, RNG states)."""
-    import fnmatch
-
-    copied = []
-    if newest.layout == Layout.MEGATRON or newest.dcp_dir == newest.path:
-        names = [n for n in _MEGATRON_FILES if (newest.dcp_dir / n).is_file()]
-        for n in names:
-            shutil.copy2(newest.dcp_dir / n, out / newest.subdir / n)
-            copied.append(str(Path(newest.subdir) / n))
-    if newest.dcp_dir == newest.path:
-        return copied
-    for entry in sorted(newest.path.iterdir()):
-        if entry == newest.dcp_dir or entry.name.startswith("pytorch_model_fsdp_"):
-            continue
-        model_file = entry.is_file() and any(fnmatch.fnmatch(entry.name, p) for p in COPY_PATTERNS)
-        if not (model_file or keep_non_model):
-            continue
-        if entry.is_dir():
-            shutil.copytree(entry, out / entry.name)
-        else:
-            shutil.copy2(entry, out / entry.name)
-        copied.append(entry.name)
-    return copied
-
-
 def merge_dcp(
     ckpts: Sequence[DcpCheckpoint],
     weights: Sequence[float],
@@ -410,7 +378,7 @@ def merge_dcp(
             stats = write_dcp(
                 plan, sources, ws, tmp / ckpts[-1].subdir, threads=threads, progress=progress
             )
-            record["side_files"] = _copy_side_files(ckpts[-1], tmp, keep_non_model=keep_non_model)
+            record["side_files"] = copy_side_files(ckpts[-1], tmp, keep_non_model=keep_non_model)
         write_metadata(tmp, {**record, **stats})
     log.info(
         "merged %d DCP checkpoints (%s) into %s (%s) in %.2f s",

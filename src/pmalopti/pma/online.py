@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -343,6 +343,28 @@ class OnlineAverager:
             )
         return self._merged
 
+    @property
+    def tracked(self) -> list[tuple[str, torch.Tensor]]:
+        """(name, live tensor) pairs the averager follows, in order (DTensors stay DTensors)."""
+        return list(zip(self.names, self._tensors, strict=True))
+
+    def merged_items(
+        self, *, dtype: torch.dtype | None = None
+    ) -> Iterator[tuple[str, torch.Tensor, torch.Tensor]]:
+        """(name, live tensor, merged local tensor), one tensor at a time.
+
+        The merged tensor is this rank's shard, in the live dtype (or `dtype` for floating ones);
+        it may be the accumulator itself: read it, do not modify it. Writers walk this to save a
+        merge without building it whole (`pmalopti.pma.dcp_online`).
+        """
+        merged = self._require_merged()
+        for name, t, m in zip(self.names, self._tensors, merged, strict=True):
+            yield (
+                name,
+                t,
+                m.to(dtype=dtype if dtype is not None and m.is_floating_point() else t.dtype),
+            )
+
     def merged_state_dict(
         self, *, dtype: torch.dtype | None = None, full: bool = False
     ) -> dict[str, torch.Tensor]:
@@ -350,25 +372,18 @@ class OnlineAverager:
 
         Floating tensors come back in their live dtype (or `dtype`, e.g. torch.float32 for the raw
         accumulator). DTensor parameters come back as local shards, or, with `full=True`, as
-        whole tensors gathered from all ranks (a collective: call it on every rank).
+        whole tensors gathered on every rank (a collective, and the whole model on each rank: to
+        write a merge of a sharded model use `pmalopti.pma.dcp_online` instead).
         """
-        merged = self._require_merged()
         out = {}
-        for name, t, m in zip(self.names, self._tensors, merged, strict=True):
-            target = dtype if dtype is not None and m.is_floating_point() else t.dtype
-            v = m.to(dtype=target, copy=True)
+        items = zip(self.merged_items(dtype=dtype), self._require_merged(), strict=True)
+        for (name, t, v), acc in items:
+            v = v.clone() if v is acc else v  # new tensors, never the accumulator itself
             if full and DTensor is not None and isinstance(t, DTensor):
-                v = (
-                    DTensor.from_local(
-                        v.to(t.device),
-                        t.device_mesh,
-                        t.placements,
-                        shape=t.shape,
-                        stride=t.stride(),
-                    )
-                    .full_tensor()
-                    .to(m.device)
-                )  # whole tensors go where the accumulators live
+                v = DTensor.from_local(
+                    v.to(t.device), t.device_mesh, t.placements, shape=t.shape, stride=t.stride()
+                ).full_tensor()
+                v = v.to(self._dev(t))  # whole tensors go where the accumulators live
             out[name] = v
         return out
 

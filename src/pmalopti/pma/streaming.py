@@ -72,6 +72,13 @@ def check_compatible(readers: Sequence[CheckpointReader]) -> None:
     ref = readers[-1]
     arch = _architecture(ref)
     for r in readers:
+        quant = (r.config or {}).get("quantization_config")
+        if quant:
+            how = quant.get("quant_method", "?") if isinstance(quant, dict) else "?"
+            raise ValueError(
+                f"checkpoint {r.path} is quantized ({how}, config.json quantization_config): its "
+                "integer weights cannot be averaged without their scales; dequantize first"
+            )
         for name, spec in r.specs.items():
             if spec.dtype.is_floating_point and spec.dtype not in MERGEABLE:
                 raise ValueError(
