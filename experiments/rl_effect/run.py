@@ -174,8 +174,14 @@ def steps_of(setting: str) -> int:
     return steps
 
 
+def run_log(run: Path) -> Path:
+    """The per-step log of a `pmalopti grpo` run (metrics.jsonl; log.jsonl before the rename)."""
+    new = run / "metrics.jsonl"
+    return new if new.exists() else run / "log.jsonl"
+
+
 def finished(run: Path, steps: int) -> bool:
-    log = run / "log.jsonl"
+    log = run_log(run)
     if not log.exists():
         return False
     recs = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
@@ -211,6 +217,11 @@ def stage_grpo(
         running = _reap(running)
         time.sleep(2)
     print(f"grpo runs of {setting!r} done in {time.time() - t0:.0f} s", flush=True)
+    if FAILED:
+        raise SystemExit("failed runs (see their .log): " + ", ".join(FAILED))
+
+
+FAILED: list[str] = []  # a failed run does not stop the others; the driver exits 1 at the end
 
 
 def _reap(running):
@@ -223,8 +234,10 @@ def _reap(running):
         if proc.log_file:
             proc.log_file.close()
         if rc != 0:
-            raise SystemExit(f"{name}: pmalopti grpo exited with {rc} (see {name}.log)")
-        print(f"done {name}", flush=True)
+            print(f"FAILED {name}: pmalopti grpo exited with {rc} (see {name}.log)", flush=True)
+            FAILED.append(name)
+        else:
+            print(f"done {name}", flush=True)
     return still
 
 

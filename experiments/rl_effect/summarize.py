@@ -30,7 +30,10 @@ def copy_logs(runs: Path, out: Path) -> None:
     """runs/grpo/<setting>/<variant>-s<seed>/log.jsonl -> out/logs/<setting>/<variant>-s<seed>.jsonl"""
     from pmalopti.runtime.fs import atomic_write_text
 
-    for log in sorted((runs / "grpo").glob("*/*/log.jsonl")):
+    logs = {p.parent: p for p in sorted((runs / "grpo").glob("*/*/log.jsonl"))}
+    # `pmalopti grpo` writes metrics.jsonl since the trainer refactor (log.jsonl before it)
+    logs |= {p.parent: p for p in sorted((runs / "grpo").glob("*/*/metrics.jsonl"))}
+    for log in logs.values():
         recs = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
         keep = [
             {k: v for k, v in r.items() if k in KEEP or k.startswith(KEEP_PREFIX)} for r in recs
@@ -215,6 +218,7 @@ def tables(main: dict, search: dict) -> str:
             lines.append(
                 f"| {NAMES[v]} | {d['mean']:+.3f} ± {d['std']:.3f} | {d['wins']} / {d['losses']} of {d['n']} |"
             )
+    lines += ["", *verdicts(vs)]
     seeds = sorted({x["seed"] for s in vs.values() for x in s["seeds"]})
     lines += [
         "",
@@ -290,6 +294,37 @@ def tables(main: dict, search: dict) -> str:
                     f"{pm(start)} | {pm(final)} | {pm(gain)} |"
                 )
     return "\n".join(lines) + "\n"
+
+
+def verdicts(vs: dict) -> list[str]:
+    """The sentences the README's conclusions rest on, by a fixed rule (no judgement by hand).
+
+    GRPO "clearly improves" when its mean gain is >= 0.10 (the bar set before the runs). A variant
+    "helps" / "hurts" when its paired difference with GRPO has |mean| > 2 standard errors and the
+    sign holds on all but at most one seed; otherwise it is "within the seed spread".
+    """
+    g = vs["grpo"]
+    met = "met" if g["gain_mean"] >= 0.10 else "not met"
+    out = [
+        f"**Verdicts** (fixed rules, see `summarize.py`): plain GRPO gains {g['gain_mean']:+.3f} ± "
+        f"{g['gain_std']:.3f} over its start on {g['n']} seeds — the ≥ +0.10 bar is **{met}**."
+    ]
+    for v, s in vs.items():
+        d = s.get("vs_grpo")
+        if not d or d["n"] < 2:
+            continue
+        se = d["std"] / d["n"] ** 0.5
+        if d["mean"] > 2 * se and d["losses"] <= 1:
+            word = "**helps**"
+        elif d["mean"] < -2 * se and d["wins"] <= 1:
+            word = "**hurts**"
+        else:
+            word = "is **within the seed spread** (no detectable effect)"
+        out.append(
+            f"{NAMES[v]} {word}: {d['mean']:+.3f} ± {d['std']:.3f} against GRPO (standard error "
+            f"{se:.3f}; better on {d['wins']}, worse on {d['losses']} of {d['n']} seeds)."
+        )
+    return [" ".join(out)]
 
 
 def figures(main: dict, out: Path) -> list[str]:
