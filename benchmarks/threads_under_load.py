@@ -39,7 +39,7 @@ RUN = [
     "data.num_docs=2000",
     "data.block_size=64",
     "data.max_val_blocks=8",
-    "train.batch_size=32",
+    "train.batch_size=16",
     "train.eval_every=0",
     "train.progress=false",
     "schedule.warmup_steps=5",
@@ -51,8 +51,8 @@ RUN = [
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--cores", type=int, nargs="+", default=[0, 1], help="CPU ids to pin to")
-    p.add_argument("--steps", type=int, default=40, help="optimizer steps per run")
-    p.add_argument("--repeats", type=int, default=3, help="interleaved repeats of each condition")
+    p.add_argument("--steps", type=int, default=20, help="optimizer steps per run")
+    p.add_argument("--repeats", type=int, default=2, help="interleaved repeats of each condition")
     p.add_argument("--out", type=Path, default=RESULT, help="JSON result file")
     return p.parse_args(argv)
 

@@ -38,7 +38,10 @@ RENDERERS = {
     "rl_fig1": lambda args: results.rl_fig1_table(args),
     "rl_effect": lambda args: results.rl_effect_table(),
     "rl_effect_sentence": lambda args: results.rl_effect_sentence(),
+    "reward_worst_case": lambda args: results.reward_worst_case(),
+    "hostile": lambda args: results.hostile_round(),
     "merge_bench": lambda args: results.merge_benchmark(),
+    "threads_bench": lambda args: results.threads_benchmark(),
     "merge_dcp": lambda args: results.merge_dcp_table(),
     "online_write": lambda args: results.online_write_table(),
 }

@@ -230,6 +230,8 @@ class Reference:
                 default = "section"
             else:
                 kind = _cell(type_text(tp))
+                if "bounds" in f.metadata:  # declared on the field with pmalopti.config.bounded
+                    kind += ", " + _cell(f.metadata["bounds"].summary())
                 default = _cell(default_text(f))
             text = docs.get(f.name, "")
             if not text:

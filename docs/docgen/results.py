@@ -344,6 +344,23 @@ def merge_benchmark_sentence() -> str:
     return text
 
 
+def threads_benchmark() -> str:
+    """benchmarks/threads_under_load.py: median step time per condition and loaded / quiet."""
+    b = load("benchmarks/results/threads_under_load.json")
+    rows = [
+        [name, f"{c['median_s']:.1f}", ", ".join(f"{x:.0f}" for x in c["load_avg_1min_before"])]
+        for name, c in b["conditions"].items()
+    ]
+    ratio = "; ".join(f"{k} {v:.2f}" for k, v in b["loaded_over_quiet"].items())
+    line = (
+        f"{b['steps']} steps, median of {b['repeats']}, {b['machine']}; auto = "
+        f"{b['auto_threads_on_these_cores']} thread(s) there. Loaded / quiet: {ratio} "
+        f"(goal {b['goal'].split('<= ')[-1]})"
+    )
+    headers = ["threads / condition", f"{b['steps']} steps (s)", "load average before"]
+    return _table(headers, rows) + "\n\n" + line + "."
+
+
 RL_EFFECT_LABELS = {"ar": "+ AR", "lopti": "+ Lopti", "ar_lopti": "+ AR + Lopti"}
 
 
@@ -394,6 +411,38 @@ def readme_results() -> str:
         gpu_sentence(),
     ]
     return "\n".join(lines)
+
+
+# --- hostile inputs ----------------------------------------------------------------------------
+
+
+def reward_worst_case() -> str:
+    """The math reward's worst case per response (benchmarks/reward_worst_case.py)."""
+    res = load("benchmarks/results/reward_worst_case.json")
+    h, legit = res["hostile"], res["legit"]
+    return (
+        f"Measured by `python benchmarks/reward_worst_case.py` "
+        f"([result](../benchmarks/results/reward_worst_case.json), {res['cpus']} cores, load "
+        f"{res['load_avg']}): over {h['cases']} hostile responses the worst case per response is "
+        f"{h['main_thread']['worst_s']} s from the main thread and "
+        f"{h['worker_thread']['worst_s']} s from a worker thread ({h['screened']} refused by the "
+        f"screen; {h['timed_out_calls']} of the {2 * h['cases']} calls stopped by the "
+        f"{res['timeout_s']} s deadline and scored 0); {legit['correct']} of {legit['cases']} "
+        f"legitimate answers score 1, the slowest in {legit['worst_s']} s."
+    )
+
+
+def hostile_round() -> str:
+    """The hostile-input round's figures (tests/hostile/make_results.py)."""
+    r = load("tests/hostile/results.json")
+    c = r["counts"]
+    return (
+        f"{r['cases']} cases tried across every command, {r['held']} held: "
+        f"{c['clear error']} clear errors and {c['handled']} cases handled; "
+        f"{c['traceback']} tracebacks, {c['unclear error']} unclear errors, "
+        f"{c['data lost']} with data lost, {c['leak']} leaks "
+        f"([details](../tests/hostile/RESULTS.md))."
+    )
 
 
 # --- GPU check ---------------------------------------------------------------------------------

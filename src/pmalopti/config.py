@@ -22,7 +22,7 @@ import yaml
 
 from pmalopti.errors import UserError
 from pmalopti.runtime.fs import atomic_write_text
-from pmalopti.runtime.threads import MAX_THREADS  # noqa: F401  (declared beside its use)
+from pmalopti.runtime.threads import MAX_THREADS
 
 T = TypeVar("T")
 
@@ -34,11 +34,18 @@ MAX_YAML_DEPTH = 64
 """deepest nesting of a YAML document"""
 SEED = {"ge": 0, "lt": 2**32}
 """bounds of a seed field: `seed: int = bounded(0, **SEED)`"""
+THREADS = {"ge": 0, "le": MAX_THREADS, "label": "0 (auto) to 4 × the CPU cores"}
+"""bounds of a torch threads field: `threads: int = bounded(0, **THREADS)`"""
 _INT64 = 2**63
 
 
 class ConfigError(UserError, ValueError):
     """A config field that does not exist or has a bad value, or a config file that is bad."""
+
+
+def _num(v: float) -> str:
+    """A bound as written: 4294967296, not 4.29497e+09."""
+    return str(int(v)) if float(v).is_integer() and abs(v) < 1e18 else f"{v:g}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,27 +57,25 @@ class Bounds:
     le: float | None = None
     lt: float | None = None
     length: int | None = None
+    label: str | None = None
+    """how the config reference states the range, for one that depends on the machine"""
 
     def describe(self) -> str:
-        lo = (
-            f"[{self.ge:g}"
-            if self.ge is not None
-            else f"({self.gt:g}"
-            if self.gt is not None
-            else ""
-        )
-        hi = (
-            f"{self.le:g}]"
-            if self.le is not None
-            else f"{self.lt:g})"
-            if self.lt is not None
-            else ""
-        )
+        lo = f"[{_num(self.ge)}" if self.ge is not None else ""
+        lo = lo or (f"({_num(self.gt)}" if self.gt is not None else "")
+        hi = f"{_num(self.le)}]" if self.le is not None else ""
+        hi = hi or (f"{_num(self.lt)})" if self.lt is not None else "")
         if lo and hi:
             return f"in {lo}, {hi}"
         if lo:
             return (">= " if lo[0] == "[" else "> ") + lo[1:]
         return ("<= " if hi[-1] == "]" else "< ") + hi[:-1]
+
+    def summary(self) -> str:
+        """The range and length, as the config reference shows them: `in [0, 1), 2 values`."""
+        ranged = any(b is not None for b in (self.ge, self.gt, self.le, self.lt))
+        parts = [self.label or self.describe()] if ranged else []
+        return ", ".join(parts + ([f"{self.length} values"] if self.length is not None else []))
 
     def ok(self, v: float) -> bool:
         return not (
@@ -90,13 +95,15 @@ def bounded(
     le: float | None = None,
     lt: float | None = None,
     length: int | None = None,
+    label: str | None = None,
 ) -> Any:
     """A dataclass field with bounds, checked by `load_config` (and `check_bounds`):
-    `ge`/`gt`/`le`/`lt` for a number or for each number in a list; `length` for a list."""
+    `ge`/`gt`/`le`/`lt` for a number or for each number in a list; `length` for a list; `label`
+    for the config reference where the range depends on the machine."""
     return dataclasses.field(
         default=default,
         default_factory=default_factory,
-        metadata={"bounds": Bounds(ge=ge, gt=gt, le=le, lt=lt, length=length)},
+        metadata={"bounds": Bounds(ge=ge, gt=gt, le=le, lt=lt, length=length, label=label)},
     )
 
 

@@ -188,6 +188,10 @@ def test_lopti_trainer_and_verls_sync_trainer_build_the_same_data_paths(
     assert ours.train_dataloader.batch_size == theirs.train_dataloader.batch_size
     assert ours.total_training_steps == theirs.total_training_steps
     assert ours.parameter_sync_step == theirs.parameter_sync_step == 1
+    # Lopti steps the LR scheduler once per pass: the schedule's horizon covers both
+    horizon = theirs.config.actor_rollout_ref.actor.optim.total_training_steps
+    assert horizon == theirs.total_training_steps
+    assert ours.config.actor_rollout_ref.actor.optim.total_training_steps == 2 * horizon
     batch_a = next(iter(ours.train_dataloader))
     batch_b = next(iter(theirs.train_dataloader))
     assert list(batch_a["index"]) == list(batch_b["index"])  # same prompts, same order

@@ -10,7 +10,7 @@ import torch
 
 from pmalopti.cli import main
 from pmalopti.lm.data import tokenize_blocks
-from pmalopti.lm.evaluate import evaluate_checkpoints
+from pmalopti.lm.evaluate import DEFAULT_MAX_LENGTH, block_length, evaluate_checkpoints
 
 TEXTS = [f"{a} + {b} = {a + b}\nthe knight and the knave" for a in range(30) for b in (3, 17)]
 
@@ -72,3 +72,27 @@ def test_eval_refuses_missing_or_unreadable_inputs(two_checkpoints, tmp_path, ca
     short.write_text("hi")
     assert main(["eval", str(paths[0]), "--data", str(short), "--max-length", "64"]) == 2
     assert "not enough for one block" in capsys.readouterr().err
+
+
+def test_eval_refuses_blocks_longer_than_the_model_context_and_defaults_to_it(
+    two_checkpoints, tmp_path
+):
+    paths, data = two_checkpoints
+    ctx = json.loads((paths[0] / "config.json").read_text())["max_position_embeddings"]
+    with pytest.raises(ValueError, match=rf"--max-length {ctx + 1} is beyond the context"):
+        evaluate_checkpoints([paths[0]], data, max_length=ctx + 1, max_blocks=1, device="cpu")
+    assert block_length(paths, None) == min(ctx, DEFAULT_MAX_LENGTH)
+    [row] = evaluate_checkpoints([paths[0]], data, max_length=32, max_blocks=1, device="cpu")
+    assert row["max_length"] == 32
+
+
+def test_eval_refuses_negative_max_blocks_and_a_json_output_that_is_an_input(
+    two_checkpoints, capsys
+):
+    paths, data = two_checkpoints
+    before = data.read_bytes()
+    rc = main(["eval", str(paths[0]), "--data", str(data), "--max-blocks", "-1"])
+    assert rc == 2 and "--max-blocks must be >= 0" in capsys.readouterr().err
+    rc = main(["eval", str(paths[0]), "--data", str(data), "--json", str(data)])
+    assert rc == 2 and "is an input; choose another file" in capsys.readouterr().err
+    assert data.read_bytes() == before

@@ -68,6 +68,31 @@ def test_a_falling_or_noisy_curve_has_no_spike_and_nan_is_one():
     assert find_spike(steps, noisy).step == 31
 
 
+def test_an_all_nan_run_and_a_nan_inside_the_warmup_are_spikes_at_their_first_step():
+    steps = list(range(1, 21))
+    assert find_spike(steps, [math.nan] * 20).step == 1  # no finite history at all
+    losses = [3.0] * 20
+    losses[2] = math.inf
+    spike = find_spike(steps, losses, after=10)  # a divergence is never a warmup transient
+    assert spike.step == 3 and "non-finite loss inf at step 3" in spike.describe()
+
+
+def test_malformed_metrics_name_the_file_line_and_field(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    for text, field in [
+        ('{"step": "one", "loss": 1.0}\n', "'step'"),
+        ('{"step": 1, "loss": "high"}\n', "'loss'"),
+        ('{"step": 1, "loss": [1]}\n', "'loss'"),
+    ]:
+        (run / "metrics.jsonl").write_text(text)
+        with pytest.raises(ValueError, match=rf"metrics.jsonl:1: field {field}"):
+            spike_from_log(run, after=0)
+    (run / "metrics.jsonl").write_bytes(b"\xff\xfe")
+    with pytest.raises(ValueError, match=r"metrics\.jsonl: not UTF-8"):
+        spike_from_log(run, after=0)
+
+
 def test_the_median_window_forgets_old_history():
     # Loss settles from 10 to 1; a 3.0 is a spike against the recent median only.
     steps = list(range(1, 41))

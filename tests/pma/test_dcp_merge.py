@@ -281,3 +281,31 @@ def test_online_merge_of_the_fsdp2_model_is_written_without_any_rank_holding_the
         torch.testing.assert_close(dcp_sd[k].double(), ref, rtol=1e-6, atol=1e-7)
     chunks = DcpSource(runs / "online-dcp").tensor("lm_head.weight").chunks
     assert [tuple(c.sizes) for c in chunks] == [(32, 16), (32, 16)]  # one shard per rank
+
+
+def test_inputs_saved_with_another_world_size_are_resharded_to_the_newest_chunks(
+    runs, reference, tmp_path
+):
+    # steps 1 and 2 as the two ranks saved them (row halves); step 3 re-saved by one process
+    # (one chunk per tensor), as after a restart on fewer GPUs.
+    ref3 = torch.load(runs / "ref-3.pt", weights_only=True)["model"]
+    one = _save_plain(tmp_path / "step-3", dict(ref3))
+    paths = [*ckpt_paths(runs, "torchtitan")[:2], one]
+    out = merge_dcp(detect_all(paths), WEIGHTS, tmp_path / "m", progress=False)
+    merged = read_all(out)
+    for k, ref in reference.items():
+        torch.testing.assert_close(merged[k].double(), ref, rtol=1e-6, atol=1e-7)
+        assert len(DcpSource(out).tensor(k).chunks) == 1  # the newest input's chunking
+
+
+def test_dcp_options_on_hugging_face_inputs_are_refused(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    for s in (1, 2):
+        (tmp_path / f"checkpoint-{s}").mkdir()
+        save_file(
+            {"w": torch.full((2,), float(s))}, tmp_path / f"checkpoint-{s}" / "model.safetensors"
+        )
+    paths = [str(tmp_path / f"checkpoint-{s}") for s in (1, 2)]
+    code, line = run_cli(["merge", *paths, "--keep-non-model", "-o", str(tmp_path / "o")], capsys)
+    assert code == 2 and "are for DCP checkpoints" in line

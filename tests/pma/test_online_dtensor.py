@@ -126,3 +126,36 @@ def _two_rank_worker(rank: int, init_file: str) -> None:
 def test_two_fsdp2_ranks_each_average_their_own_shard_and_gather_only_on_request(tmp_path):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.multiprocessing.spawn(_two_rank_worker, args=(str(tmp_path / "pg"),), nprocs=2, join=True)
+
+
+def test_merges_of_sharded_replicated_and_plain_tensors_are_written_whole(tmp_path):
+    # save_merge_hf gathers Shard(0) by dist.gather and any other placement by full_tensor();
+    # save_merge_dcp saves the shards as they are. Both must hold merged_state_dict(full=True).
+    import torch.distributed.checkpoint as dcp
+    from safetensors.torch import load_file
+    from torch.distributed.tensor import Replicate
+
+    from pmalopti.pma.dcp_online import save_merge_dcp, save_merge_hf
+
+    with process_group(0, 1, str(tmp_path / "pg")) as mesh:
+        g = torch.Generator().manual_seed(0)
+        live = {
+            "rows": distribute_tensor(torch.randn(5, 3, generator=g), mesh, [Shard(0)]),
+            "copy": distribute_tensor(torch.randn(4, generator=g), mesh, [Replicate()]),
+            "plain": torch.randn(2, 2, generator=g),
+        }
+        avg = OnlineAverager(live, method="sma", n=2, interval=1, every=2)
+        avg.step(1)
+        with torch.no_grad():
+            for t in live.values():
+                (t.to_local() if isinstance(t, DTensor) else t).mul_(3)
+        avg.step(2)
+        want = avg.merged_state_dict(full=True)
+        hf = load_file(save_merge_hf(avg, tmp_path / "hf") / "model.safetensors")
+        out = save_merge_dcp(avg, tmp_path / "dcp")
+        got = {k: torch.empty_like(v) for k, v in want.items()}
+        dcp.load(got, checkpoint_id=str(out))
+    for k, v in want.items():
+        torch.testing.assert_close(hf[k], v)
+        torch.testing.assert_close(got[k], v)
+        torch.testing.assert_close(v, 2 * (live[k].full_tensor() if k != "plain" else live[k]) / 3)

@@ -120,6 +120,16 @@ def test_windows_reaching_into_warmup_or_decay_are_warned_about(tmp_path):
     )
 
 
+def test_explicit_inputs_of_one_run_folder_get_the_same_warnings(tmp_path, capsys):
+    run = make_run(tmp_path)
+    (run / "config.yaml").write_text(
+        "schedule:\n  warmup_steps: 200\n  decay_steps: 100\ntrain:\n  steps: 1000\n"
+    )
+    inputs = [str(run / "checkpoint-100"), str(run / "checkpoint-400")]
+    assert main(["merge", *inputs, "--dry-run"]) == 0
+    assert "note: steps [100] are in the warmup" in capsys.readouterr().out
+
+
 def test_the_schedule_of_a_hugging_face_run_comes_from_its_logged_learning_rates(tmp_path):
     run = make_run(tmp_path, [100, 200, 300, 400])
     lrs = {10: 1e-4, 50: 5e-4, 100: 1e-3, 200: 1e-3, 300: 1e-3, 350: 5e-4, 400: 1e-4}

@@ -211,3 +211,11 @@ def test_cli_score_rejects_responses_pointing_past_the_data(tmp_path, capsys):
     _jsonl(tmp_path / "r.jsonl", [{"row": 5, "response": "x"}])
     rc = main(["kk", "score", "--data", str(data), "--responses", str(tmp_path / "r.jsonl")])
     assert rc == 2 and "line 1: row 5 is out of range" in capsys.readouterr().err
+
+
+def test_cli_score_refuses_fewer_responses_than_puzzles(tmp_path, capsys):
+    data = write_puzzles(generate_records(6, people=2, seed=0), tmp_path / "d.jsonl")
+    _jsonl(tmp_path / "r.jsonl", ["x"] * 5)
+    rc = main(["kk", "score", "--data", str(data), "--responses", str(tmp_path / "r.jsonl")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "holds 5 responses without a 'row' field for the 6 puzzles" in err

@@ -25,9 +25,18 @@ def register(subparsers) -> None:
         "--text-field", default="text", help="column / JSON field with the text (default: text)"
     )
     p.add_argument("--batch-size", type=int, default=8, help="blocks per forward pass (default: 8)")
-    p.add_argument("--max-length", type=int, default=512, help="tokens per block (default: 512)")
     p.add_argument(
-        "--max-blocks", type=int, default=0, help="evaluate at most this many blocks (0 = all)"
+        "--max-length",
+        type=int,
+        default=None,
+        help="tokens per block (default: the models' context, at most 1024; beyond a model's "
+        "context: refused, since the loss there is meaningless)",
+    )
+    p.add_argument(
+        "--max-blocks",
+        type=int,
+        default=0,
+        help="evaluate at most this many blocks (0 = all; negative: refused)",
     )
     p.add_argument(
         "--device",
@@ -42,8 +51,12 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from pmalopti.lm.evaluate import evaluate_checkpoints
     from pmalopti.pma.report import markdown_table
-    from pmalopti.runtime.fs import atomic_write_json
+    from pmalopti.runtime.fs import atomic_write_json, check_output_file
 
+    if args.json:
+        check_output_file(
+            args.json, force=True, inputs=[*args.checkpoints, args.data], flag="--json"
+        )
     rows = evaluate_checkpoints(
         args.checkpoints,
         args.data,
@@ -57,6 +70,7 @@ def run(args) -> int:
         r = rows[0]
         print(
             f"{r['checkpoint']}: loss {r['loss']:.4f}, perplexity {r['perplexity']:.3f} on {r['tokens']} tokens"
+            f" (blocks of {r['max_length']})"
         )
     else:
         print(

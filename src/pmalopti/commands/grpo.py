@@ -70,7 +70,7 @@ def run(args) -> int:
     from pmalopti.grpo.trainer import GRPOTrainer
     from pmalopti.runtime.checkpoint import resume_checkpoint, verify_checkpoint
     from pmalopti.runtime.device import resolve_device
-    from pmalopti.runtime.fs import prepare_run_dir
+    from pmalopti.runtime.fs import prepare_run_dir, removed_on_error
     from pmalopti.tasks import get_task
 
     cfg, run_dir = load_run_config(
@@ -88,17 +88,17 @@ def run(args) -> int:
             raise FileNotFoundError(f"--resume: no readable checkpoint-<step> folder in {run_dir}")
     inputs = [cfg.model.init_from, cfg.model.path, *_paths(cfg.task.train_path)]
     prepare_run_dir(run_dir, resume=bool(args.resume), force=args.force, inputs=inputs)
-    save_config(cfg, run_dir / "config.yaml")
-
-    torch.manual_seed(cfg.seed)
-    device = resolve_device(cfg.model.device, "model.device")
-    task = get_task(cfg.task.name, **cfg.task.kwargs)
-    train = _samples(task, "train", cfg.task.train_path, cfg.task.train_size, cfg.seed)
-    evals = _samples(task, "test", cfg.task.eval_path, cfg.task.eval_size, cfg.seed)
-    model, tok, init = load_policy(cfg, task, device, run_dir)
-    if cfg.model.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    ref = load_reference(init, cfg, device) if cfg.algo.kl_coef > 0 else None
+    with removed_on_error(run_dir, fresh=not args.resume):  # bad task data or model
+        save_config(cfg, run_dir / "config.yaml")
+        torch.manual_seed(cfg.seed)
+        device = resolve_device(cfg.model.device, "model.device")
+        task = get_task(cfg.task.name, **cfg.task.kwargs)
+        train = _samples(task, "train", cfg.task.train_path, cfg.task.train_size, cfg.seed)
+        evals = _samples(task, "test", cfg.task.eval_path, cfg.task.eval_size, cfg.seed)
+        model, tok, init = load_policy(cfg, task, device, run_dir)
+        if cfg.model.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        ref = load_reference(init, cfg, device) if cfg.algo.kl_coef > 0 else None
     trainer = GRPOTrainer(
         cfg,
         model,

@@ -72,8 +72,12 @@ def run_generate(args) -> int:
     out = Path(args.output)
     if out.suffix not in (".parquet", ".jsonl"):
         raise ValueError(f"--output: {out} must end in .parquet or .jsonl")
+    if out.is_dir():
+        raise ValueError(f"--output: {out} is a folder; give a file name")
     if out.exists() and not args.force:
         raise FileExistsError(f"output {out} already exists (use --force to replace it)")
+    if args.n < 1:
+        raise ValueError(f"--n must be at least 1, got {args.n}")
     records = generate_records(
         args.n,
         split=args.split,
@@ -96,31 +100,47 @@ def run_generate(args) -> int:
 
 
 def _read_responses(path: Path, field: str, n_rows: int) -> list[tuple[int, str]]:
+    """(row, text) per response. The k-th line without a 'row' field answers puzzle k: such lines
+    must cover every puzzle exactly once (or be absent); lines with a 'row' may add any others."""
     if not path.is_file():
         raise FileNotFoundError(f"--responses: {path} does not exist")
     out: list[tuple[int, str]] = []
-    with path.open(encoding="utf-8") as f:
-        for k, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}: line {k}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{where}: not valid JSON ({exc.msg})") from None
-            if isinstance(obj, str):
-                row, text = len(out), obj
-            elif isinstance(obj, dict):
-                if not isinstance(obj.get(field), str):
-                    raise ValueError(f"{where}: field {field!r} is missing or not a string")
-                row, text = obj.get("row", len(out)), obj[field]
-                if not isinstance(row, int) or isinstance(row, bool):
-                    raise ValueError(f"{where}: field 'row' must be an integer, got {row!r}")
-            else:
-                raise ValueError(f"{where}: expected a JSON string or object")
-            if not 0 <= row < n_rows:
-                raise ValueError(f"{where}: row {row} is out of range (the data has {n_rows} rows)")
-            out.append((row, text))
+    positional = 0
+    try:
+        lines = path.read_text(encoding="utf-8").split("\n")
+    except UnicodeDecodeError:
+        raise ValueError(f"--responses: {path} is not UTF-8 text") from None
+    for k, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{path}: line {k}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{where}: not valid JSON ({exc.msg})") from None
+        except RecursionError:
+            raise ValueError(f"{where}: not valid JSON (nested too deep)") from None
+        if isinstance(obj, str):
+            row, text = positional, obj
+            positional += 1
+        elif isinstance(obj, dict):
+            if not isinstance(obj.get(field), str):
+                raise ValueError(f"{where}: field {field!r} is missing or not a string")
+            row, text = obj.get("row", positional), obj[field]
+            positional += "row" not in obj
+            if not isinstance(row, int) or isinstance(row, bool):
+                raise ValueError(f"{where}: field 'row' must be an integer, got {row!r:.40}")
+        else:
+            raise ValueError(f"{where}: expected a JSON string or object")
+        if not 0 <= row < n_rows:
+            raise ValueError(f"{where}: row {row} is out of range (the data has {n_rows} rows)")
+        out.append((row, text))
+    if positional and positional != n_rows:
+        raise ValueError(
+            f"--responses: {path} holds {positional} responses without a 'row' field for the "
+            f"{n_rows} puzzles of --data; give one per puzzle, in order (or an integer 'row' "
+            "field on each line)"
+        )
     return out
 
 
@@ -148,9 +168,11 @@ def score_table(rows: list[dict], responses: list[tuple[int, str]], *, think_pre
 
 
 def run_score(args) -> int:
-    from pmalopti.runtime.fs import atomic_write_json
+    from pmalopti.runtime.fs import atomic_write_json, check_output_file
     from pmalopti.tasks.kk import load_puzzles
 
+    if args.json:
+        check_output_file(args.json, force=True, inputs=[args.data, args.responses], flag="--json")
     rows = load_puzzles(args.data)
     responses = _read_responses(Path(args.responses), args.field, len(rows))
     if not responses:

@@ -133,7 +133,11 @@ def register(subparsers) -> None:
     )
     add_force(how)
     how.add_argument("--dry-run", action="store_true", help="print the selection, merge nothing")
-    how.add_argument("--no-progress", action="store_true", help="no progress bar")
+    how.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar (there is none when stderr is not a terminal)",
+    )
     how.add_argument(
         "--example",
         action="store_true",
@@ -238,7 +242,7 @@ def run(args) -> int:
         dtype=args.dtype,
         shard_size=shard_size,
         force=args.force,
-        progress=not args.no_progress,
+        progress=not args.no_progress and sys.stderr.isatty(),
         read_ahead=read_ahead,
         metadata=record,
     )

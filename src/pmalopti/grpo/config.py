@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import field
 from typing import Any, Literal
 
-from pmalopti.config import MAX_THREADS, SEED, bounded
+from pmalopti.config import SEED, THREADS, bounded
 from pmalopti.rl.loss import AGG_MODES, Agg
 from pmalopti.runtime.device import Device, Precision, canonical_precision
 from pmalopti.runtime.runlog import ReportTo
@@ -200,7 +200,7 @@ class TrainConfig:
     """mirror metrics.jsonl to TensorBoard (RUN/tb) or Weights & Biases"""
     tensorboard: bool = False
     """old spelling of report_to: tensorboard"""
-    threads: int = bounded(0, ge=0, le=MAX_THREADS)
+    threads: int = bounded(0, **THREADS)
     """CPU threads for torch (0 = auto: $PMALOPTI_THREADS, else one fewer than the usable cores)"""
     progress: bool = True
     """progress bar on stderr"""

@@ -5,8 +5,8 @@ dataloader batching (whole `train_batch_size` fetches vs one prompt at a time), 
 (with or without a TransferQueue snapshot) and what it stores in TransferQueue on
 ``trainer_mode == "sync"``. `LoptiPPOTrainerSync` is registered under its own name (so verl's
 ``main_ppo`` builds it) but is constructed as verl's ``sync`` mode, so every one of those paths
-is the sync trainer's; only `_update_actor` (two passes) and the engine's loss function
-(`pmalopti_ppo_loss`) differ. Importing this module needs verl's v1 trainer, hence
+is the sync trainer's; only `_update_actor` (two passes), the engine's loss function
+(`pmalopti_ppo_loss`) and the LR schedule's horizon (two scheduler steps per batch) differ. Importing this module needs verl's v1 trainer, hence
 `transfer_queue` (verl's ``verl-core`` extra, part of ``pmalopti[verl]``).
 """
 
@@ -53,9 +53,18 @@ class LoptiTrainerMixin:
     ``actor/lopti_low_token_frac`` and ``actor/lopti_<pass>/pg_loss``. With η = 0 it is the
     parent update, unchanged. `on_init_end` installs `pmalopti_ppo_loss` in the actor workers.
 
-    Note: verl advances the LR scheduler once per `update_actor` call, so with Lopti the
-    scheduler steps twice per rollout batch (matters only for warmup/decay schedules).
+    verl advances the LR scheduler once per `update_actor` call, so with Lopti it steps twice per
+    rollout batch; `_init_dataloader` doubles the schedule's horizon (the actor's
+    ``optim.total_training_steps``, which verl sets there) so that a warmup ratio and a decay
+    still span the run. An absolute ``lr_warmup_steps`` counts scheduler steps (two per batch).
     """
+
+    def _init_dataloader(self):
+        super()._init_dataloader()
+        optim = self.config.actor_rollout_ref.actor.get("optim")
+        if lopti_eta_from(self.config) > 0 and optim is not None:
+            with open_dict(self.config):
+                optim.total_training_steps = 2 * optim.total_training_steps  # one per pass
 
     def on_init_end(self):
         super().on_init_end()

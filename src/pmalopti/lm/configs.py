@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from pmalopti.config import MAX_THREADS, bounded
+from pmalopti.config import THREADS, bounded
 from pmalopti.lm.schedule import DecayShape
 from pmalopti.runtime.device import Device, Precision, canonical_precision
 from pmalopti.runtime.runlog import ReportTo
@@ -61,7 +61,7 @@ class TrainConfig:
     """validation loss every this many steps (and at the last step); 0 disables"""
     log_every: int = bounded(1, ge=1)
     """append a metrics.jsonl line every this many steps"""
-    threads: int = bounded(0, ge=0, le=MAX_THREADS)
+    threads: int = bounded(0, **THREADS)
     """CPU threads for torch (0 = auto: $PMALOPTI_THREADS, else one fewer than the usable cores)"""
     report_to: ReportTo = "none"
     """mirror metrics.jsonl to TensorBoard (RUN/tb) or Weights & Biases"""

@@ -110,6 +110,8 @@ def read_texts(path: str | Path, text_field: str = "text") -> list[str]:
             )
     except (UnicodeDecodeError, json.JSONDecodeError, OSError) as exc:
         raise ValueError(f"cannot read data file {path}: {exc}") from None
+    except RecursionError:
+        raise ValueError(f"cannot read data file {path}: JSON nested too deep") from None
     except Exception as exc:
         if type(exc).__name__ in ("ArrowInvalid", "ArrowIOError"):
             raise ValueError(f"cannot read data file {path}: {exc}") from None

@@ -47,25 +47,79 @@ def expand_checkpoints(paths: Sequence[str | Path]) -> list[Path]:
     return out
 
 
+DEFAULT_MAX_LENGTH = 1024
+"""Block length when none is given: the models' context, capped at this."""
+
+
+def model_context(ckpt: str | Path) -> int | None:
+    """The number of positions a checkpoint's model was built for (None if its config says not)."""
+    import json
+
+    f = Path(ckpt) / "config.json"
+    try:
+        cfg = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{f}: cannot read the model config ({type(exc).__name__})") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{f}: the model config is not a JSON object")
+    cfg = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else cfg
+    for key in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
+        value = cfg.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def block_length(ckpts: Sequence[Path], max_length: int | None) -> int:
+    """The block length: `max_length`, refused beyond any checkpoint's context; by default the
+    smallest context (at most `DEFAULT_MAX_LENGTH`), so that all checkpoints see the same blocks.
+
+    A model scored on blocks longer than its context reports a meaningless loss (positions it
+    never learnt), so a too-long `max_length` is an error rather than a silent clamp.
+    """
+    contexts = {c: model_context(c) for c in ckpts}
+    known = [n for n in contexts.values() if n is not None]
+    if max_length is None:
+        return min([DEFAULT_MAX_LENGTH, *known])
+    if max_length < 2:
+        raise ValueError(f"--max-length must be >= 2, got {max_length}")
+    for c, n in contexts.items():
+        if n is not None and max_length > n:
+            raise ValueError(
+                f"--max-length {max_length} is beyond the context of {c} ({n} positions); "
+                f"use --max-length {n} or less"
+            )
+    return max_length
+
+
 def evaluate_checkpoints(
     paths: Sequence[str | Path],
     data: str | Path,
     *,
     batch_size: int = 8,
-    max_length: int = 512,
+    max_length: int | None = None,
     text_field: str = "text",
     max_blocks: int | None = None,
     device: str = "auto",
 ) -> list[dict]:
-    """Loss and perplexity of each checkpoint on `data`, tokenized with the checkpoint's tokenizer."""
-    if batch_size < 1 or max_length < 2:
-        raise ValueError("--batch-size must be >= 1 and --max-length >= 2")
+    """Loss and perplexity of each checkpoint on `data`, tokenized with the checkpoint's tokenizer.
+
+    `max_length`: tokens per block (default: the smallest context of the checkpoints, at most
+    `DEFAULT_MAX_LENGTH`; beyond a checkpoint's context: refused). `max_blocks`: at most this
+    many blocks (None or 0: all).
+    """
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+    if max_blocks is not None and max_blocks < 0:
+        raise ValueError(f"--max-blocks must be >= 0 (0 = all), got {max_blocks}")
+    ckpts = expand_checkpoints(paths)
+    length = block_length(ckpts, max_length)
     texts = read_texts(data, text_field)
     dev = resolve_device(device)
     rows = []
-    for ckpt in expand_checkpoints(paths):
+    for ckpt in ckpts:
         tok = load_tokenizer(ckpt)
-        blocks = tokenize_blocks(texts, tok, max_length)
+        blocks = tokenize_blocks(texts, tok, length)
         if max_blocks:
             blocks = blocks[:max_blocks]
         model = load_model(ckpt, dev)
@@ -74,6 +128,7 @@ def evaluate_checkpoints(
             {
                 "checkpoint": str(ckpt),
                 "tokens": int(blocks.numel() - blocks.size(0)),
+                "max_length": length,
                 "loss": loss,
                 "perplexity": math.exp(min(loss, 50.0)),
             }

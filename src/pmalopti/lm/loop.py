@@ -13,6 +13,7 @@ is logged; `on_save(loop, path)` runs after each checkpoint, `on_train_end(loop)
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -248,24 +249,24 @@ def _run(loop: TrainLoop, batches: Callable[[int], list[Batch]], *, resumed: boo
 
     cfg = loop.train_cfg
     total = cfg.steps
-    runlog = None
-    if loop.run_dir is not None:
-        remove_stale(loop.run_dir)  # half-written checkpoints of a killed run
-        runlog = RunLog(loop.run_dir, cfg.report_to, resume_step=loop.step if resumed else None)
+    in_memory = loop.run_dir is None
     records: list[dict] = []
-    bar = tqdm(total=total, initial=loop.step, disable=not cfg.progress, dynamic_ncols=True)
-    stop = StopOnSigint() if loop.run_dir is not None else None
-    try:
-        if stop is not None:
-            stop.__enter__()
+    with contextlib.ExitStack() as stack:
+        runlog = None
+        if not in_memory:
+            remove_stale(loop.run_dir)  # half-written checkpoints of a killed run
+            runlog = stack.enter_context(
+                RunLog(loop.run_dir, cfg.report_to, resume_step=loop.step if resumed else None)
+            )
+        bar = tqdm(total=total, initial=loop.step, disable=not cfg.progress, dynamic_ncols=True)
+        stack.callback(bar.close)
+        # In memory there is nothing to checkpoint: Ctrl-C keeps its usual meaning.
+        stop = None if in_memory else stack.enter_context(StopOnSigint())
         while loop.step < total:
             rec = loop.train_step(batches(loop.step))
             step = loop.step
-            if (
-                loop.val_batches
-                and cfg.eval_every
-                and (step % cfg.eval_every == 0 or step == total)
-            ):
+            due_eval = cfg.eval_every and (step % cfg.eval_every == 0 or step == total)
+            if loop.val_batches and due_eval:
                 rec["val_loss"] = evaluate_batches(
                     loop.model, loop.val_batches, loop.device, cfg.dtype
                 )
@@ -279,9 +280,7 @@ def _run(loop: TrainLoop, batches: Callable[[int], list[Batch]], *, resumed: boo
             bar.update(1)
             bar.set_postfix(loss=f"{rec['loss']:.3f}", lr=f"{rec['lr']:.2e}", refresh=False)
             requested = stop is not None and stop.requested
-            if loop.run_dir is not None and (
-                step % cfg.save_every == 0 or step == total or requested
-            ):
+            if not in_memory and (step % cfg.save_every == 0 or step == total or requested):
                 loop.save(rec)
             if requested and step < total:
                 raise Interrupted(
@@ -290,10 +289,4 @@ def _run(loop: TrainLoop, batches: Callable[[int], list[Batch]], *, resumed: boo
                 )
         for cb in loop.callbacks:
             cb.on_train_end(loop)
-    finally:
-        if stop is not None:
-            stop.__exit__(None, None, None)
-        bar.close()
-        if runlog is not None:
-            runlog.close()
     return LoopResult(loop.step, loop.tokens, loop.last_checkpoint, records)

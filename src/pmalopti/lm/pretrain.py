@@ -30,7 +30,7 @@ from pmalopti.lm.data import (
 from pmalopti.lm.loop import LoopResult, train
 from pmalopti.lm.online_pma import OnlinePMAConfig, online_pma_hook
 from pmalopti.runtime.checkpoint import list_checkpoints, resume_checkpoint
-from pmalopti.runtime.fs import atomic_write_text, prepare_run_dir
+from pmalopti.runtime.fs import atomic_write_text, prepare_run_dir, removed_on_error
 from pmalopti.runtime.threads import torch_threads
 
 log = logging.getLogger(__name__)
@@ -220,10 +220,11 @@ def pretrain(
         model, tok = load_model(resume_from), load_tokenizer(resume_from)
         train_texts = read_texts(run_dir / "data" / "train.jsonl")
     else:
-        train_texts, val_texts = corpus(cfg)
-        model, tok = build_model_and_tokenizer(cfg, train_texts)
-        write_jsonl(run_dir / "data" / "train.jsonl", train_texts)
-        write_jsonl(run_dir / "data" / "val.jsonl", val_texts)
+        with removed_on_error(run_dir, fresh=True):
+            train_texts, val_texts = corpus(cfg)
+            model, tok = build_model_and_tokenizer(cfg, train_texts)
+            write_jsonl(run_dir / "data" / "train.jsonl", train_texts)
+            write_jsonl(run_dir / "data" / "val.jsonl", val_texts)
     with torch_threads(cfg.train.threads):
         result = train_run(
             cfg, run_dir, model, tok, train_texts, resume_from=resume_from, hooks=hooks

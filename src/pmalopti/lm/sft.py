@@ -21,7 +21,7 @@ from pmalopti.lm.data import batch_indices
 from pmalopti.lm.loop import LoopResult, train
 from pmalopti.lm.loss import IGNORE, evaluate_batches
 from pmalopti.runtime.device import resolve_device
-from pmalopti.runtime.fs import atomic_write_json, prepare_run_dir
+from pmalopti.runtime.fs import atomic_write_json, prepare_run_dir, removed_on_error
 from pmalopti.runtime.threads import torch_threads
 
 log = logging.getLogger(__name__)
@@ -192,11 +192,12 @@ def sft(
         resume_from = source = resume_checkpoint(run_dir, required=True)
     else:
         source = Path(cfg.init_from)
-    model, tok = load_model(source), load_tokenizer(source)
-    train_rows, val_rows, task = load_pairs(cfg)
-    train_ex = encode_rows(train_rows, tok, cfg.data.max_length, "training")
-    val_ex = encode_rows(val_rows, tok, cfg.data.max_length, "validation")
-    save_config(cfg, run_dir / "config.yaml")
+    with removed_on_error(run_dir, fresh=not resume):
+        model, tok = load_model(source), load_tokenizer(source)
+        train_rows, val_rows, task = load_pairs(cfg)
+        train_ex = encode_rows(train_rows, tok, cfg.data.max_length, "training")
+        val_ex = encode_rows(val_rows, tok, cfg.data.max_length, "validation")
+        save_config(cfg, run_dir / "config.yaml")
     with torch_threads(cfg.train.threads):
         result, val_batches = fit(
             model, tok, train_ex, val_ex, cfg, run_dir, resume_from=resume_from, hooks=hooks

@@ -9,7 +9,6 @@ depend on how many checkpoints are open. `.bin` files have no header: they are o
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import threading
@@ -25,35 +24,13 @@ from pmalopti.pma.safetensors_format import (
     pread_into,
     read_header,
 )
+from pmalopti.runtime.fs import read_json
+from pmalopti.runtime.inputs import file_inside, index_files
 
 ST_INDEX = "model.safetensors.index.json"
 ST_SINGLE = "model.safetensors"
 BIN_INDEX = "pytorch_model.bin.index.json"
 BIN_SINGLE = "pytorch_model.bin"
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: cannot read JSON ({exc})") from exc
-
-
-def _index_files(folder: Path, index_name: str) -> dict[str, Path]:
-    """tensor name -> shard file, from a HF index; every shard it names must exist."""
-    index = _read_json(folder / index_name)
-    wmap = index.get("weight_map") if isinstance(index, dict) else None
-    if not isinstance(wmap, dict) or not wmap:
-        raise ValueError(f"{folder / index_name}: no 'weight_map' in the index")
-    out = {}
-    for name, fname in wmap.items():
-        f = folder / str(fname)
-        if not f.is_file():
-            raise FileNotFoundError(
-                f"{folder / index_name}: shard {fname} (for {name!r}) is missing"
-            )
-        out[name] = f
-    return out
 
 
 def _load_bin(path: Path) -> dict[str, torch.Tensor]:
@@ -64,9 +41,20 @@ def _load_bin(path: Path) -> dict[str, torch.Tensor]:
         except RuntimeError:  # legacy (non-zip) files cannot be memory-mapped
             sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ValueError(f"{path}: cannot load with torch.load(weights_only=True): {exc}") from exc
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise ValueError(f"{path}: not a state dict of tensors")
+        # torch's message quotes what it found in the file: name the failure, not the content
+        why = (
+            "it holds objects other than tensors"
+            if "weights_only" in str(exc) or "Unsupported global" in str(exc)
+            else type(exc).__name__
+        )
+        raise ValueError(
+            f"{path}: cannot load with torch.load(weights_only=True) ({why}; a corrupt file "
+            "or not a PyTorch checkpoint)"
+        ) from None
+    if not isinstance(sd, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()
+    ):
+        raise ValueError(f"{path}: not a state dict of named tensors")
     return sd
 
 
@@ -84,7 +72,10 @@ class CheckpointReader:
         self.model_dir: Path | None = p if p.is_dir() else None
         self.config: dict[str, Any] | None = None
         if self.model_dir and (self.model_dir / "config.json").is_file():
-            self.config = _read_json(self.model_dir / "config.json")
+            config_file = file_inside(self.model_dir, "config.json", what="config")
+            self.config = read_json(config_file)
+            if not isinstance(self.config, dict):
+                raise ValueError(f"{config_file}: not a JSON object")
         self._stored: dict[str, StoredTensor] = {}
         self._bin_files: dict[str, Path] = {}
         self._bin_cache: tuple[Path, dict[str, torch.Tensor]] | None = None
@@ -104,13 +95,13 @@ class CheckpointReader:
             else:
                 raise ValueError(f"checkpoint {p}: expected a model folder or a .safetensors file")
         elif (p / ST_INDEX).is_file():
-            self._open_safetensors(_index_files(p, ST_INDEX))
+            self._open_safetensors(index_files(p, ST_INDEX))
         elif (p / ST_SINGLE).is_file():
-            self._open_safetensors({None: p / ST_SINGLE})
+            self._open_safetensors({None: file_inside(p, ST_SINGLE, what="weights")})
         elif (p / BIN_INDEX).is_file():
-            self._open_bin(sorted(set(_index_files(p, BIN_INDEX).values())))
+            self._open_bin(sorted(set(index_files(p, BIN_INDEX).values())))
         elif (p / BIN_SINGLE).is_file():
-            self._open_bin([p / BIN_SINGLE])
+            self._open_bin([file_inside(p, BIN_SINGLE, what="weights")])
         else:
             raise FileNotFoundError(
                 f"checkpoint {p}: no {ST_SINGLE}, {ST_INDEX}, {BIN_SINGLE} or {BIN_INDEX} in it"

@@ -37,8 +37,14 @@ DTYPES: dict[str, torch.dtype] = {
 }
 DTYPE_NAMES: dict[torch.dtype, str] = {v: k for k, v in DTYPES.items()}
 
-# Real headers are a few MB at most; a larger length means the file is not safetensors.
-_MAX_HEADER = 256 << 20
+# Real headers are ~100 bytes per tensor (tens of KB for a 7B model). The safetensors library caps
+# them at 100 MB; we also cap them relative to the data they describe, so that a small file cannot
+# make us parse (and hold) a huge header of empty tensors.
+_MAX_HEADER = 100_000_000
+_HEADER_SLACK = 1 << 20  # bytes of header allowed beyond the size of the data section
+_MAX_NDIM = 32
+_MAX_DIM = 1 << 48
+_MAX_NAME = 1024
 
 
 @dataclass(frozen=True)
@@ -81,39 +87,47 @@ def read_header(path: Path) -> tuple[dict[str, StoredTensor], dict[str, str]]:
             if len(head) < 8:
                 raise SafetensorsError(f"{path}: not a safetensors file (only {size} bytes)")
             (n,) = struct.unpack("<Q", head)
-            if n > min(size - 8, _MAX_HEADER):
+            # The length is the file's first 8 bytes: never print it (it may be any file's text).
+            if n > size - 8:
                 raise SafetensorsError(
-                    f"{path}: corrupt or truncated safetensors header (claims {n} bytes, "
-                    f"file has {size})"
+                    f"{path}: not a safetensors file, or a truncated one (its header length "
+                    f"field is larger than the {size}-byte file)"
+                )
+            if n > min(_MAX_HEADER, _HEADER_SLACK + (size - 8 - n)):
+                raise SafetensorsError(
+                    f"{path}: refusing a {n}-byte safetensors header for {size - 8 - n} bytes of "
+                    "tensor data (a header is ~100 bytes per tensor)"
                 )
             raw = f.read(n)
     except OSError as exc:
         raise SafetensorsError(f"{path}: cannot read ({exc.strerror or exc})") from exc
     try:
         header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SafetensorsError(f"{path}: corrupt safetensors header ({exc})") from exc
+    except UnicodeDecodeError:
+        raise SafetensorsError(f"{path}: corrupt safetensors header (not UTF-8)") from None
+    except json.JSONDecodeError as exc:
+        raise SafetensorsError(
+            f"{path}: corrupt safetensors header (not JSON: {exc.msg} at byte {exc.pos})"
+        ) from None
+    except RecursionError:
+        raise SafetensorsError(f"{path}: corrupt safetensors header (nested too deep)") from None
     if not isinstance(header, dict):
         raise SafetensorsError(f"{path}: corrupt safetensors header (not a JSON object)")
     meta = header.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict):
+        raise SafetensorsError(
+            f"{path}: corrupt safetensors header (__metadata__ is not an object)"
+        )
     data_start = 8 + n
     data_len = size - data_start
     out: dict[str, StoredTensor] = {}
     ranges = []
     for name, info in header.items():
-        try:
-            dtype_name, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
-            shape = tuple(int(s) for s in shape)
-            begin, end = int(begin), int(end)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise SafetensorsError(f"{path}: tensor {name!r}: malformed header entry") from exc
-        if dtype_name not in DTYPES:
-            raise SafetensorsError(f"{path}: tensor {name!r}: unsupported dtype {dtype_name}")
-        spec = TensorSpec(name, shape, DTYPES[dtype_name])
-        if any(s < 0 for s in shape) or end - begin != spec.nbytes or begin < 0:
+        spec, begin, end = _entry(path, name, info)
+        if end - begin != spec.nbytes:
             raise SafetensorsError(
-                f"{path}: tensor {name!r}: byte range [{begin}, {end}) does not match "
-                f"shape {list(shape)} of {dtype_name}"
+                f"{path}: tensor {name[:_MAX_NAME]!r}: byte range [{begin}, {end}) does not match "
+                f"shape {list(spec.shape)} of {DTYPE_NAMES[spec.dtype]}"
             )
         if end > data_len:
             raise SafetensorsError(
@@ -133,6 +147,44 @@ def read_header(path: Path) -> tuple[dict[str, StoredTensor], dict[str, str]]:
             f"{path}: corrupt: {data_len - pos} bytes after the last tensor's data"
         )
     return out, {str(k): str(v) for k, v in meta.items()}
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _entry(path: Path, name: str, info: object) -> tuple[TensorSpec, int, int]:
+    """One header entry checked field by field: (spec, begin, end) or a one-line error."""
+    where = f"{path}: tensor {name[:_MAX_NAME]!r}"
+    if not name or len(name) > _MAX_NAME:
+        raise SafetensorsError(f"{path}: a tensor name is empty or longer than {_MAX_NAME}")
+    if not isinstance(info, dict):
+        raise SafetensorsError(f"{where}: malformed header entry (not an object)")
+    dtype_name, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    if not isinstance(dtype_name, str) or dtype_name not in DTYPES:
+        shown = dtype_name if isinstance(dtype_name, str) and len(dtype_name) < 16 else "?"
+        raise SafetensorsError(f"{where}: unsupported or missing dtype {shown!r}")
+    if (
+        not isinstance(shape, list)
+        or len(shape) > _MAX_NDIM
+        or not all(_is_int(s) and 0 <= s <= _MAX_DIM for s in shape)
+    ):
+        raise SafetensorsError(
+            f"{where}: malformed shape (want a list of at most {_MAX_NDIM} sizes in 0..2^48)"
+        )
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(_is_int(o) and 0 <= o < 1 << 62 for o in offsets)
+        or offsets[0] > offsets[1]
+    ):
+        raise SafetensorsError(
+            f"{where}: malformed data_offsets (want [begin, end], 0 <= begin <= end)"
+        )
+    spec = TensorSpec(name, tuple(shape), DTYPES[dtype_name])
+    if spec.nbytes >= 1 << 62:
+        raise SafetensorsError(f"{where}: shape {list(shape)} is impossibly large")
+    return spec, offsets[0], offsets[1]
 
 
 def pread_into(fd: int, offset: int, view: memoryview, what: str) -> None:

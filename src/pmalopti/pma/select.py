@@ -254,8 +254,10 @@ def choose_checkpoints(
         raise ValueError("give checkpoints to merge, --run-dir RUN, or --example")
     sel = select_checkpoints(ckpts, **selection)
     sel.notes[:0] = notes
-    if run_dir is not None:
-        sel.notes += phase_notes(sel.checkpoints, stable_steps(run_dir))
+    parents = {c.path.parent for c in sel.checkpoints}
+    run = Path(run_dir) if run_dir is not None else parents.pop() if len(parents) == 1 else None
+    if run is not None and run.is_dir():  # explicit inputs of one run folder: its schedule
+        sel.notes += phase_notes(sel.checkpoints, stable_steps(run))
     return sel
 
 

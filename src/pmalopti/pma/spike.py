@@ -41,6 +41,8 @@ class Spike:
         )
 
     def describe(self) -> str:
+        if not math.isfinite(self.loss):
+            return f"non-finite loss {self.loss} at step {self.step} (the run diverged)"
         ratio = (
             self.loss / self.median if self.median > 0 and math.isfinite(self.loss) else math.inf
         )
@@ -65,7 +67,8 @@ def find_spike(
     `after` is usually the warmup length: loss bumps while the LR is still rising are transients
     of the warmup, not the spikes of the constant-LR phase that PMA recovery is for.
 
-    A non-finite loss (NaN/inf) is a spike. Needs `min_history` earlier losses before judging, so
+    A non-finite loss (NaN/inf) is a spike at once, even with no history (an all-NaN run) or
+    during the warmup. Otherwise needs `min_history` earlier losses before judging, so
     the fast early descent is never mistaken for a spike (a falling loss cannot exceed its median
     anyway, but a median of one point is too noisy).
     """
@@ -75,9 +78,12 @@ def find_spike(
         raise ValueError("spike window and min_history must be >= 1")
     history: list[float] = []
     for s, x in zip(steps, losses, strict=True):
+        if not math.isfinite(x):  # NaN/inf is a divergence wherever it happens, warmup included
+            med = statistics.median(history[-window:]) if history else math.nan
+            return Spike(int(s), float(x), med, factor, window, after)
         if s > after and len(history) >= min_history:
             med = statistics.median(history[-window:])
-            if not math.isfinite(x) or x > factor * med:
+            if x > factor * med:
                 return Spike(int(s), float(x), med, factor, window, after)
         if math.isfinite(x):
             history.append(float(x))
@@ -88,9 +94,11 @@ def read_losses(metrics_file: Path) -> tuple[list[int], list[float]]:
     """(steps, losses) of the rows of a metrics.jsonl that log a loss."""
     steps, losses = [], []
     try:
-        lines = Path(metrics_file).read_text(encoding="utf-8").splitlines()
+        lines = Path(metrics_file).read_text(encoding="utf-8").split("\n")
     except OSError as exc:
         raise FileNotFoundError(f"{metrics_file}: cannot read ({exc.strerror or exc})") from exc
+    except UnicodeDecodeError:
+        raise ValueError(f"{metrics_file}: not UTF-8 text") from None
     for i, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -98,9 +106,20 @@ def read_losses(metrics_file: Path) -> tuple[list[int], list[float]]:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise ValueError(f"{metrics_file}:{i}: not JSON ({exc})") from None
-        if isinstance(row, dict) and "loss" in row and "step" in row:
-            steps.append(int(row["step"]))
-            losses.append(float(row["loss"]))
+        except RecursionError:
+            raise ValueError(f"{metrics_file}:{i}: not JSON (nested too deep)") from None
+        if isinstance(row, dict) and "loss" in row:
+            step, loss = row.get("step"), row["loss"]
+            if not isinstance(step, int) or isinstance(step, bool):
+                raise ValueError(
+                    f"{metrics_file}:{i}: field 'step' is {step!r:.40}, not an integer"
+                )
+            if loss is None:  # strict JSON writers have no NaN: null stands for it
+                loss = math.nan
+            if not isinstance(loss, int | float) or isinstance(loss, bool):
+                raise ValueError(f"{metrics_file}:{i}: field 'loss' is {loss!r:.40}, not a number")
+            steps.append(step)
+            losses.append(float(loss))
     return steps, losses
 
 

@@ -198,7 +198,7 @@ def merge_checkpoints(
         if read_ahead:
             for r in readers:
                 r.read_ahead = read_ahead
-        log.info(dtype_summary(readers, out_dtype))
+        summary = dtype_summary(readers, out_dtype)  # logged once the merge succeeded
         newest = readers[-1]
         out_specs = [
             TensorSpec(
@@ -225,6 +225,7 @@ def merge_checkpoints(
             stats = _stream(readers, ws, out_specs, tmp, shard_size, workers, chunk_bytes, progress)
             write_metadata(tmp, {**record, **stats})
     gb_read, secs = stats["bytes_read"] / 1e9, stats["seconds"]
+    log.info(summary)
     log.info(
         f"merged {stats['tensors']} tensors from {len(ckpts)} checkpoints: read {gb_read:.2f} GB, "
         f"wrote {stats['bytes_written'] / 1e9:.2f} GB in {secs:.2f} s "

@@ -20,6 +20,7 @@ import torch
 
 from pmalopti.pma.safetensors_format import TensorSpec, header_bytes, tensor_bytes
 from pmalopti.runtime.fs import atomic_dir, atomic_write_json
+from pmalopti.runtime.inputs import check_inside
 
 INDEX_NAME = "model.safetensors.index.json"
 METADATA_NAME = "pmalopti_merge.json"
@@ -170,8 +171,9 @@ def copy_model_files(source_dir: Path, out_dir: Path, *, dtype: torch.dtype | No
     """Copy config / generation config / tokenizer files; record `dtype` in config.json if given."""
     source_dir, out_dir = Path(source_dir), Path(out_dir)
     for f in sorted(source_dir.iterdir()):
-        if f.is_file() and any(fnmatch.fnmatch(f.name, p) for p in COPY_PATTERNS):
-            shutil.copy2(f, out_dir / f.name)
+        if any(fnmatch.fnmatch(f.name, p) for p in COPY_PATTERNS) and f.is_file():
+            check_inside(source_dir, f, what="model file")  # a symlink out is refused, not copied
+            shutil.copyfile(f, out_dir / f.name)
     cfg_file = out_dir / "config.json"
     if dtype is not None and cfg_file.is_file():
         cfg = json.loads(cfg_file.read_text(encoding="utf-8"))

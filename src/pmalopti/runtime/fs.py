@@ -53,6 +53,7 @@ __all__ = [
     "prepare_run_dir",
     "read_json",
     "remove_stale",
+    "removed_on_error",
     "rename_noreplace",
     "save_figure",
     "write_marker",
@@ -146,11 +147,25 @@ def check_output_file(
     for src in inputs:
         if src is not None and Path(src).resolve() == resolved:
             raise OutputError(f"{flag} {path} is an input; choose another file")
+        if src is not None and Path(src).is_dir() and Path(src).resolve() in resolved.parents:
+            raise OutputError(f"{flag} {path} is inside the input {src}; choose another file")
     if path.is_dir():
         raise OutputError(f"{flag} {path} is a folder; give a file name")
     if path.exists() and not force:
         raise OutputError(f"{flag} {path} already exists (use --force to replace it)")
     return resolved
+
+
+@contextlib.contextmanager
+def removed_on_error(run_dir: str | Path, fresh: bool) -> Iterator[None]:
+    """Remove `run_dir` if the block fails and the folder is `fresh` (made empty for this run by
+    `prepare_run_dir`): a run whose data or model cannot be loaded leaves nothing behind."""
+    try:
+        yield
+    except BaseException:
+        if fresh:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
 
 
 def _identity(path: Path) -> tuple[int, int] | None:

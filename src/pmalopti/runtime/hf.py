@@ -8,13 +8,16 @@ umask (transformers writes `model.safetensors` 0600 otherwise).
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
-from pmalopti.runtime.fs import follow_umask
+from pmalopti.runtime.fs import follow_umask, read_json
+from pmalopti.runtime.inputs import check_folder, index_files, one_line
+
+TOKENIZER_FILES = ("tokenizer*", "vocab.*", "merges.txt", "*.model")
+"""Patterns of the files a tokenizer is saved as (one of them must be in a model folder)."""
 
 
 @contextlib.contextmanager
@@ -40,12 +43,21 @@ def load_tokenizer(path: str | Path):
     """
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    cfg_file = Path(path) / "tokenizer_config.json"
-    if cfg_file.is_file():
-        cls = json.loads(cfg_file.read_text(encoding="utf-8")).get("tokenizer_class")
+    folder = Path(path)
+    check_folder(folder)
+    if folder.is_dir() and not any(any(folder.glob(p)) for p in TOKENIZER_FILES):
+        raise FileNotFoundError(
+            f"no tokenizer files in {folder} (tokenizer.json, tokenizer_config.json, vocab.*, ...)"
+        )
+    cfg_file = folder / "tokenizer_config.json"
+    cfg = read_json(cfg_file) if cfg_file.is_file() else {}
+    cls = cfg.get("tokenizer_class") if isinstance(cfg, dict) else None
+    try:
         if cls in ("TokenizersBackend", "PreTrainedTokenizerFast"):
             return PreTrainedTokenizerFast.from_pretrained(str(path))
-    return AutoTokenizer.from_pretrained(str(path))
+        return AutoTokenizer.from_pretrained(str(path))
+    except Exception as exc:  # transformers' errors span lines, or blame a missing package
+        raise ValueError(f"{folder}: cannot load the tokenizer ({one_line(exc)})") from None
 
 
 def load_model(
@@ -59,12 +71,32 @@ def load_model(
     """`AutoModelForCausalLM` from a local folder (or, with `hub_id`, a cached hub id), in
     `dtype`, on `device`."""
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
     path = Path(path)
     if not (path / "config.json").is_file() and not (hub_id and not path.exists()):
         raise FileNotFoundError(f"{path} is not a Hugging Face model folder (no config.json)")
-    with quiet_transformers():
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, **kwargs)
+    if path.is_dir():  # symlinks and index entries must stay inside the folder
+        check_folder(path)
+        for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+            if (path / index).is_file():
+                index_files(path, index)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its load report: we say what is wrong in one line below
+    try:
+        with quiet_transformers():
+            model, info = AutoModelForCausalLM.from_pretrained(
+                str(path), dtype=dtype, output_loading_info=True, **kwargs
+            )
+    except Exception as exc:  # transformers' errors span lines; one line naming the folder
+        raise ValueError(f"{path}: cannot load the model ({one_line(exc)})") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    # transformers initialises missing weights at random and carries on: refuse instead
+    bad = {k: list(v) for k, v in info.items() if k.endswith(("_keys", "_msgs")) and v}
+    if bad:
+        what = "; ".join(f"{k.replace('_', ' ')} {v[:3]}" for k, v in bad.items())
+        raise ValueError(f"{path}: the weights do not fit its config.json ({what})")
     return model.to(device)
 
 

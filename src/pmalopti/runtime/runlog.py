@@ -41,12 +41,18 @@ def read_metrics(path: str | Path) -> list[dict]:
     if not path.is_file():
         raise FileNotFoundError(f"metrics log {path} does not exist")
     rows = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"metrics log {path}: not UTF-8 text") from None
+    for i, line in enumerate(text.split("\n"), 1):
         if line.strip():
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{path}:{i}: not valid JSON ({exc})") from None
+            except RecursionError:
+                raise ValueError(f"{path}:{i}: not valid JSON (nested too deep)") from None
             if not isinstance(row, dict):
                 raise ValueError(f"{path}:{i}: expected a JSON object per line")
             rows.append(row)

@@ -5,13 +5,17 @@ Reward 1.0 when the response's final answer is mathematically equal to the refer
 GSM8K-style `#### n` line, whichever comes last. `answer_format="any"` instead lets math-verify
 find an answer anywhere in the response's tail (e.g. "The answer is 5."), for models that were not
 told to box. `math-verify` is the extra `math`: `pip install 'pmalopti[math]'`.
+
+math-verify runs in worker processes under a hard deadline (`timeout_s`, default 0.8 s per
+response) that works from any thread; an answer that misses it, or is hostile on its face (a power
+tower, a huge exponent, deep nesting), scores 0 (`pmalopti.tasks.verify_worker`).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import random
-import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +23,8 @@ from typing import Any, Literal
 import numpy as np
 
 from pmalopti.tasks.base import Task, chat_prompt, register_task
+from pmalopti.tasks.math_screen import screen_answer
+from pmalopti.tasks.verify_worker import DEFAULT_TIMEOUT_S, shared_pool
 
 AnswerFormat = Literal["boxed", "any"]
 INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -28,14 +34,12 @@ ANY_TAIL_CHARS = 2000
 """With answer_format="any", math-verify reads only this many characters at the response's end."""
 
 
-def _math_verify():
-    try:
-        import math_verify
-    except ImportError as exc:
+def _math_verify() -> None:
+    """Raise a clear ImportError when math-verify is missing (it is imported by the workers)."""
+    if importlib.util.find_spec("math_verify") is None:
         raise ImportError(
             "the math task needs the 'math-verify' package: pip install 'pmalopti[math]'"
-        ) from exc
-    return math_verify
+        )
 
 
 MAX_OPEN_BOXES = 64
@@ -98,21 +102,41 @@ def reference_answer(ref: Any) -> str:
     return extract_answer(text) or text
 
 
-def _timeouts() -> int | None:
-    # math-verify's timeout uses SIGALRM, which only the main thread may set.
-    return 5 if threading.current_thread() is threading.main_thread() else None
+def verify_answer(pred: str, gold: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:
+    """math-verify equality of two answer strings (LaTeX or plain), never slower than `timeout_s`.
+
+    Runs in a worker process with a hard deadline (works from any thread); an answer that is
+    hostile on its face (`screen_answer`) or misses the deadline counts as not equal.
+    """
+    _math_verify()  # a clear message when the extra is missing, before any worker starts
+    if screen_answer(pred) is not None or screen_answer(gold) is not None:
+        return False
+    return shared_pool(timeout_s).verify(pred, gold)
 
 
-def verify_answer(pred: str, gold: str) -> bool:
-    """math-verify equality of two answer strings (LaTeX or plain)."""
-    mv = _math_verify()
-    t = _timeouts()
-    wrap = lambda s: s if "$" in s else f"${s}$"  # noqa: E731
-    gold_p = mv.parse(wrap(gold), parsing_timeout=t)
-    pred_p = mv.parse(wrap(pred), parsing_timeout=t)
-    if not gold_p or not pred_p:
-        return pred.strip() == gold.strip() != ""
-    return bool(mv.verify(gold_p, pred_p, timeout_seconds=t))
+def _read_rows(path: Path) -> list:
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    if path.suffix == ".jsonl":
+        rows = []
+        for k, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{path}: line {k}: not valid JSON ({exc.msg})") from None
+        return rows
+    if path.suffix == ".json":
+        try:
+            rows = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        if not isinstance(rows, list):
+            raise ValueError(f"{path}: expected a JSON list of objects")
+        return rows
+    raise ValueError(f"{path}: unsupported file type; use .jsonl, .json or .parquet")
 
 
 @register_task("math")
@@ -134,9 +158,13 @@ class MathTask(Task):
         answer_key: str = "answer",
         solution_key: str | None = "solution",
         answer_format: AnswerFormat = "boxed",
+        timeout_s: float = DEFAULT_TIMEOUT_S,
     ) -> None:
         if answer_format not in ("boxed", "any"):
             raise ValueError(f"answer_format: {answer_format!r} is not 'boxed' or 'any'")
+        if not 0 < timeout_s <= 60:
+            raise ValueError(f"timeout_s: {timeout_s!r} must be in (0, 60] seconds")
+        self.timeout_s = float(timeout_s)
         self.path = Path(path) if path is not None else None
         self.problem_key, self.answer_key = problem_key, answer_key
         self.solution_key = solution_key
@@ -147,24 +175,12 @@ class MathTask(Task):
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"math data file {path} does not exist")
-        if path.suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            rows = pq.read_table(path).to_pylist()
-        elif path.suffix == ".jsonl":
-            rows = []
-            for k, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as exc:
-                        raise ValueError(f"{path}: line {k}: not valid JSON ({exc.msg})") from None
-        elif path.suffix == ".json":
-            rows = json.loads(path.read_text(encoding="utf-8"))
-            if not isinstance(rows, list):
-                raise ValueError(f"{path}: expected a JSON list of objects")
-        else:
-            raise ValueError(f"{path}: unsupported file type; use .jsonl, .json or .parquet")
+        try:
+            rows = _read_rows(path)
+        except UnicodeDecodeError:
+            raise ValueError(f"{path}: not UTF-8 text") from None
+        except RecursionError:
+            raise ValueError(f"{path}: JSON nested too deep") from None
         out = []
         for i, row in enumerate(rows):
             if not isinstance(row, dict):
@@ -228,7 +244,7 @@ class MathTask(Task):
             MAX_ANSWER_CHARS if self.answer_format == "boxed" else ANY_TAIL_CHARS
         ):
             return 0.0
-        return 1.0 if verify_answer(pred, self.gold(sample)) else 0.0
+        return 1.0 if verify_answer(pred, self.gold(sample), timeout_s=self.timeout_s) else 0.0
 
     def difficulty(self, sample: Mapping) -> int | str:
         """MATH's `level` ("Level 3" -> 3) or a `difficulty` column, else "all"."""

@@ -91,15 +91,23 @@ def check_puzzle(row: Mapping[str, Any], where: str, *, verify: bool = True) -> 
         raise PuzzleError(f"{where}: field 'names' has {len(names)} people, not 1..{MAX_PEOPLE}")
     if any(not isinstance(x, str) or not x.strip() for x in names) or len(set(names)) < len(names):
         raise PuzzleError(f"{where}: field 'names' must hold distinct non-empty strings: {names}")
+    text = row["statements"]
+    if not isinstance(text, str | list | tuple):
+        raise PuzzleError(
+            f"{where}: field 'statements' must be text or a list, got {type(text).__name__}"
+        )
     try:
-        text = row["statements"]
         trees = parse_statements(
             text if isinstance(text, str) else format_statements(text), len(names)
         )
     except StatementError as exc:
         raise PuzzleError(f"{where}: field 'statements': {exc}") from None
+    except RecursionError:
+        raise PuzzleError(f"{where}: field 'statements' is nested too deep") from None
     solution = row.get("solution")
     if solution is not None:
+        if isinstance(solution, str) or not isinstance(solution, Iterable):
+            raise PuzzleError(f"{where}: field 'solution' must be a list of booleans")
         solution = list(solution)
         if len(solution) != len(names) or any(not isinstance(s, bool) for s in solution):
             raise PuzzleError(
@@ -128,17 +136,22 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
         return pq.read_table(path).to_pylist()
     if path.suffix == ".jsonl":
         rows = []
-        with path.open(encoding="utf-8") as f:
-            for k, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise PuzzleError(f"{path}: line {k}: not valid JSON ({exc.msg})") from None
-                if not isinstance(row, dict):
-                    raise PuzzleError(f"{path}: line {k}: expected a JSON object")
-                rows.append(row)
+        try:
+            lines = path.read_text(encoding="utf-8").split("\n")
+        except UnicodeDecodeError:
+            raise PuzzleError(f"{path}: not UTF-8 text") from None
+        for k, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise PuzzleError(f"{path}: line {k}: not valid JSON ({exc.msg})") from None
+            except RecursionError:
+                raise PuzzleError(f"{path}: line {k}: JSON nested too deep") from None
+            if not isinstance(row, dict):
+                raise PuzzleError(f"{path}: line {k}: expected a JSON object")
+            rows.append(row)
         return rows
     raise ValueError(f"{path}: unsupported file type; use one of {SUFFIXES}")
 
