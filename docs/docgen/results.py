@@ -427,7 +427,7 @@ def reward_worst_case() -> str:
         f"{h['main_thread']['worst_s']} s from the main thread and "
         f"{h['worker_thread']['worst_s']} s from a worker thread ({h['screened']} refused by the "
         f"screen; {h['timed_out_calls']} of the {2 * h['cases']} calls stopped by the "
-        f"{res['timeout_s']} s deadline and scored 0); {legit['correct']} of {legit['cases']} "
+        f"{res['timeout_s']} s deadline and scored 0); {legit['correct']} of {legit['cases']} calls on "
         f"legitimate answers score 1, the slowest in {legit['worst_s']} s."
     )
 

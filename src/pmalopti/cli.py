@@ -28,8 +28,16 @@ from pmalopti import __version__, commands
 from pmalopti.errors import UserError
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one line, `pmalopti CMD: error: ...`, without the usage block
+    (exit code 2, as argparse); subcommand parsers inherit it."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="pmalopti",
         description="Checkpoint averaging (PMA) and AR/Lopti GRPO for language models.",
     )

@@ -1,6 +1,7 @@
 """The dependency rules of docs/design.md, checked on every module's imports (parsed with ast)."""
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -32,7 +33,8 @@ def _package(module: str) -> str:
 
 
 def imports(module: str, source: str, is_package: bool = False) -> list[tuple[int, str]]:
-    """(line, absolute module name) of every import in `source`, also inside functions."""
+    """(line, absolute module name) of every import in `source`, also inside functions, and of
+    every string that is exactly a pmalopti module name (a lazy `importlib.import_module`)."""
     found = []
     base = module.split(".") if is_package else module.split(".")[:-1]
     for node in ast.walk(ast.parse(source)):
@@ -48,6 +50,12 @@ def imports(module: str, source: str, is_package: bool = False) -> list[tuple[in
             # `from pmalopti import rl` imports the package rl
             if name == "pmalopti":
                 found += [(node.lineno, f"pmalopti.{a.name}") for a in node.names]
+        elif (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and re.fullmatch(r"pmalopti(\.\w+)+", node.value)
+        ):
+            found.append((node.lineno, node.value))
     return found
 
 
@@ -95,6 +103,11 @@ def test_every_module_imports_only_in_the_allowed_direction():
         ("pmalopti.lm.sft", "from pmalopti.commands import sft\n", "lm must not import commands"),
         ("pmalopti.grpo.trainer", "import trl\n", "only integrations may"),
         ("pmalopti.demo.run", "from verl import DataProto\n", "only integrations may"),
+        (
+            "pmalopti.pma.__init__",
+            '_LAZY = {"PMACallback": "pmalopti.integrations.hf_trainer"}\n',
+            "pma must not import integrations",
+        ),
     ],
 )
 def test_a_deliberate_violation_is_reported(module, source, broken):

@@ -99,3 +99,18 @@ def _dead_writer_name(prefix: str) -> str:
 
     host = temp_name(prefix)[len(prefix) :].rsplit("-", 2)[0]
     return f"{prefix}{host}-{2**22 + 4321}-deadbeef"
+
+
+def test_grpo_trains_on_the_automatic_thread_count(monkeypatch):
+    monkeypatch.setenv("PMALOPTI_THREADS", "2")
+    seen = []
+    original = GRPOTrainer.train_step
+
+    def spy(self):
+        seen.append(torch.get_num_threads())
+        return original(self)
+
+    monkeypatch.setattr(GRPOTrainer, "train_step", spy)
+    model, tok = _tiny()
+    GRPOTrainer(_cfg("train.steps=1"), model, tok, FirstCharTask(), train_samples=SAMPLES).train()
+    assert seen == [2]

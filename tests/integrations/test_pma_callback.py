@@ -10,8 +10,9 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
 
+from pmalopti.integrations.hf_trainer import PMACallback
 from pmalopti.models.tiny import build_tiny_model, build_tokenizer, load_tokenizer, tiny_config
-from pmalopti.pma import PMACallback, merge_weights
+from pmalopti.pma import merge_weights
 from pmalopti.pma.online import window_steps
 
 SCHEDULE = dict(method="wma", n=3, interval=2, every=4)  # merges at 4 (steps 0,2,4) and 8 (4,6,8)

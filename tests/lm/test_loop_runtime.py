@@ -119,3 +119,24 @@ def _dead_writer_name(prefix: str) -> str:
 
     host = temp_name(prefix)[len(prefix) :].rsplit("-", 2)[0]
     return f"{prefix}{host}-{2**22 + 4321}-deadbeef"
+
+
+def test_training_runs_on_the_automatic_thread_count_and_restores_the_callers(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setenv("PMALOPTI_THREADS", "2")
+    before = torch.get_num_threads()
+    seen = []
+    pretrain(
+        tiny_cfg("report.enabled=false", "train.steps=2", "schedule.decay_steps=0"),
+        tmp_path / "auto",
+        hooks=(lambda step, rec: seen.append(torch.get_num_threads()),),
+    )
+    pretrain(
+        tiny_cfg(
+            "report.enabled=false", "train.steps=2", "schedule.decay_steps=0", "train.threads=1"
+        ),
+        tmp_path / "one",
+        hooks=(lambda step, rec: seen.append(torch.get_num_threads()),),
+    )
+    assert seen == [2, 2, 1, 1] and torch.get_num_threads() == before

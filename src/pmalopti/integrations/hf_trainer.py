@@ -296,7 +296,7 @@ class PMACallback(TrainerCallback):
             "steps": window_steps(step, cfg.n, cfg.interval),
             "weights": cfg.weights,
             "merge_step": step,
-            "made_by": "pmalopti.pma.PMACallback (online)",
+            "made_by": "pmalopti.integrations.hf_trainer.PMACallback (online)",
         }
         with tempfile.TemporaryDirectory() as src:
             # config, generation config and tokenizer go through the writer's copy step, so the

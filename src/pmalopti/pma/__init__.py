@@ -5,12 +5,12 @@ from pmalopti.pma.weights import METHODS, merge_weights, normalize_weights
 
 __all__ = ["METHODS", "MergeSpec", "merge_weights", "normalize_weights"]
 
-# Online averaging: imported on first use, so `import pmalopti.pma` stays light (torch, and
-# transformers for the callback, load only when asked for).
+# Online averaging: imported on first use, so `import pmalopti.pma` stays light (torch loads only
+# when asked for). The HF Trainer callback lives in pmalopti.integrations.hf_trainer (pma never
+# imports integrations: docs/design.md).
 _LAZY = {
     "OnlineAverager": "pmalopti.pma.online",
     "OnlineAverageConfig": "pmalopti.pma.online",
-    "PMACallback": "pmalopti.integrations.hf_trainer",
     # Offline streaming merge (torch loads on first use).
     "merge_checkpoints": "pmalopti.pma.streaming",
     "write_hf_checkpoint": "pmalopti.pma.writer",
