@@ -249,6 +249,48 @@ def rl_sentences() -> tuple[str, str]:
     return fig1, acc
 
 
+# --- RL where plain GRPO works (experiments/rl_effect) -----------------------------------------
+
+RL_EFFECT = "experiments/rl_effect/summary.json"
+RL_EFFECT_ROWS = (
+    ("grpo", "GRPO"),
+    ("ar", "+ AR"),
+    ("lopti", "+ Lopti"),
+    ("ar_lopti", "+ AR + Lopti"),
+)
+
+
+def rl_effect_table() -> str:
+    s = load(RL_EFFECT)
+    rows = []
+    for key, name in RL_EFFECT_ROWS:
+        if key not in s["variants"]:
+            continue
+        seeds = s["variants"][key]["seeds"]
+        start = _mean_std([x["start_accuracy"] for x in seeds])
+        final = _mean_std([x["final_accuracy"] for x in seeds])
+        gain = _mean_std([x["final_accuracy"] - x["start_accuracy"] for x in seeds])
+        vs = s["variants"][key].get("vs_grpo")
+        paired = (
+            f"{vs['mean']:+.3f} ± {vs['std']:.3f} ({vs['wins']}/{vs['n']} better)" if vs else "–"
+        )
+        row = [name, _pm(start, 3), _pm(final, 3), _pm(gain, 3), paired, str(len(seeds))]
+        rows.append(row)
+    headers = [
+        "variant",
+        "start",
+        f"after {s['steps']} steps",
+        "gain",
+        "minus GRPO, same seed",
+        "seeds",
+    ]
+    return (
+        _table(headers, rows)
+        + "\n\nHeld-out greedy accuracy on 400 reversed 2–3 digit sums per seed, mean ± std over "
+        "seeds (`experiments/rl_effect/summary.json`)."
+    )
+
+
 # --- benchmarks --------------------------------------------------------------------------------
 
 MERGE_BENCH = "benchmarks/results/merge_vs_mergekit.json"
@@ -319,7 +361,6 @@ def threads_benchmark() -> str:
     return _table(headers, rows) + "\n\n" + line + "."
 
 
-RL_EFFECT = "experiments/rl_effect/summary.json"
 RL_EFFECT_LABELS = {"ar": "+ AR", "lopti": "+ Lopti", "ar_lopti": "+ AR + Lopti"}
 
 
