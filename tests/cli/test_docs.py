@@ -7,11 +7,14 @@ import importlib.util
 import json
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT / "docs") not in sys.path:  # docs/docgen is a package of the docs, not of pmalopti
+    sys.path.insert(0, str(ROOT / "docs"))
 
 
 @pytest.fixture(scope="module")

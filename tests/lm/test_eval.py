@@ -96,3 +96,16 @@ def test_eval_refuses_negative_max_blocks_and_a_json_output_that_is_an_input(
     rc = main(["eval", str(paths[0]), "--data", str(data), "--json", str(data)])
     assert rc == 2 and "is an input; choose another file" in capsys.readouterr().err
     assert data.read_bytes() == before
+
+
+def test_a_hugging_face_trainer_run_folder_stands_for_its_checkpoints(two_checkpoints, tmp_path):
+    # HF Trainer writes checkpoint-<step>/ model folders without pmalopti's state file
+    import shutil
+
+    (a, b), data = two_checkpoints
+    run = tmp_path / "hf_run"
+    for step, src in ((10, a), (20, b)):
+        shutil.copytree(src, run / f"checkpoint-{step}")
+    rows = evaluate_checkpoints([run], data, batch_size=3, max_length=32, device="cpu")
+    direct = evaluate_checkpoints([a, b], data, batch_size=3, max_length=32, device="cpu")
+    assert [r["loss"] for r in rows] == [r["loss"] for r in direct]

@@ -38,7 +38,7 @@ def expand_checkpoints(paths: Sequence[str | Path]) -> list[Path]:
         if (p / "config.json").is_file():
             out.append(p)
             continue
-        found = [c for _, c in list_checkpoints(p)] if p.is_dir() else []
+        found = [c for _, c in list_checkpoints(p, resumable=False)] if p.is_dir() else []
         if not found:
             raise FileNotFoundError(
                 f"{p} is neither a model folder nor a run folder with checkpoint-* folders"

@@ -17,144 +17,30 @@ import dataclasses
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
-from pmalopti.pma.spec import MergeSpec
-from pmalopti.pma.weights import METHODS, Method, merge_weights
+from pmalopti.pma.tracking import local_shard, tracked_tensors
+from pmalopti.pma.weights import Method
+from pmalopti.pma.windows import (  # re-exported: the averager's public API
+    Device,
+    OnlineAverageConfig,
+    next_merge_step,
+    window_steps,
+    windows_at,
+)
 
 try:  # torch builds without distributed support have no DTensor; nothing is sharded there.
     from torch.distributed.tensor import DTensor
 except ImportError:  # pragma: no cover
     DTensor = None  # type: ignore[assignment,misc]
 
-Device = Literal["cpu", "same"]
 STATE_FORMAT = "pmalopti.online/1"
 
 
-@dataclass
-class OnlineAverageConfig:
-    """When and how the online averager merges (loadable from YAML, overridable with --set)."""
-
-    method: Method = "sma"
-    """Merge weights: 'sma' (equal), 'wma' (linear, newest weighs most) or 'ema' (needs alpha)."""
-    n: int = 10
-    """N, snapshots per merge (the paper's default is 10)."""
-    interval: int = 10
-    """V, optimizer steps between two snapshots of one merge."""
-    every: int | None = None
-    """M, optimizer steps between merge points (merges at M, 2M, ...); default N*V."""
-    alpha: float | None = None
-    """EMA coefficient in (0, 1], only for method 'ema' (the paper tests 0.1 and 0.2)."""
-    start_step: int = 0
-    """No snapshot is taken before this step; merges whose window would reach earlier are skipped."""
-    device: Device = "cpu"
-    """Where accumulators live: 'cpu' (saves accelerator memory) or 'same' (beside each tensor)."""
-
-    def __post_init__(self) -> None:
-        try:
-            MergeSpec(self.method, self.alpha)  # the one validation of a merge method
-        except ValueError as exc:
-            raise ValueError(f"{'alpha' if self.method in METHODS else 'method'}: {exc}") from None
-        for name in ("n", "interval"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: must be an integer >= 1, got {value!r}")
-        if self.every is None:
-            self.every = self.n * self.interval
-        if isinstance(self.every, bool) or not isinstance(self.every, int) or self.every < 1:
-            raise ValueError(
-                f"every: must be an integer >= 1 (steps between merges), got {self.every!r}"
-            )
-        if isinstance(self.start_step, bool) or not isinstance(self.start_step, int):
-            raise ValueError(f"start_step: must be an integer >= 0, got {self.start_step!r}")
-        if self.start_step < 0:
-            raise ValueError(f"start_step: must be >= 0, got {self.start_step}")
-        if self.device not in ("cpu", "same"):
-            raise ValueError(f"device: {self.device!r} is not allowed; choose 'cpu' or 'same'")
-
-    @property
-    def weights(self) -> list[float]:
-        """w_1..w_N, oldest snapshot first."""
-        return merge_weights(self.method, self.n, self.alpha)
-
-
-# --- merge-window arithmetic (pure) ----------------------------------------------------------
-
-
-def window_steps(merge_step: int, n: int, interval: int) -> list[int]:
-    """Snapshot steps of the window ending at `merge_step`, oldest first."""
-    return [merge_step - (n - 1 - i) * interval for i in range(n)]
-
-
-def windows_at(step: int, cfg: OnlineAverageConfig) -> list[tuple[int, int]]:
-    """(merge_step, i) for every scheduled window whose i-th snapshot (0 = oldest) is at `step`."""
-    assert cfg.every is not None
-    hits = []
-    for later in range(cfg.n):  # snapshots of the window still to come after this one
-        p = step + later * cfg.interval
-        if p > 0 and p % cfg.every == 0 and p - (cfg.n - 1) * cfg.interval >= cfg.start_step:
-            hits.append((p, cfg.n - 1 - later))
-    return hits
-
-
-def next_merge_step(after: int, cfg: OnlineAverageConfig) -> int:
-    """The first scheduled merge point strictly after step `after`."""
-    assert cfg.every is not None
-    first = cfg.start_step + (cfg.n - 1) * cfg.interval  # earliest merge whose window fits
-    p = max(after + 1, first, 1)
-    return -(-p // cfg.every) * cfg.every
-
-
 # --- the averager ----------------------------------------------------------------------------
-
-
-def _local(t: torch.Tensor) -> torch.Tensor:
-    """The rank-local shard of a DTensor, or the tensor itself."""
-    if DTensor is not None and isinstance(t, DTensor):
-        return t.to_local()
-    return t
-
-
-def _tracked(model_or_params: Any) -> list[tuple[str, torch.Tensor]]:
-    """Parameters and persistent buffers of a module (tied weights once), or a name->tensor map."""
-    if isinstance(model_or_params, nn.Module):
-        # named_parameters drops tied duplicates (lm_head.weight is model.embed_tokens.weight);
-        # non-persistent buffers (rotary inv_freq) are recomputed by the model, not merged.
-        persistent = set(model_or_params.state_dict(keep_vars=True))
-        items = list(model_or_params.named_parameters())
-        items += [(n, b) for n, b in model_or_params.named_buffers() if n in persistent]
-    elif isinstance(model_or_params, Mapping):
-        items = list(model_or_params.items())
-    elif isinstance(model_or_params, Iterable):
-        items = list(model_or_params)
-    else:
-        raise TypeError(
-            "model_or_params: expected an nn.Module, a mapping of name -> tensor or an iterable of "
-            f"(name, tensor) pairs, got {type(model_or_params).__name__}"
-        )
-    if not items:
-        raise ValueError("model_or_params: there are no tensors to average")
-    names = [n for n, _ in items]
-    if len(set(names)) != len(names):
-        raise ValueError("model_or_params: tensor names must be unique")
-    for name, t in items:
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"model_or_params: {name!r} is a {type(t).__name__}, not a tensor")
-        # Both keep each rank's slice outside the tensor torch shows us: averaging that tensor
-        # would average placeholders (ZeRO-3) or flattened, renamed groups (FSDP1).
-        if hasattr(t, "ds_id"):
-            raise ValueError(
-                f"model_or_params: {name!r} is partitioned by DeepSpeed ZeRO-3, which the averager "
-                "cannot read; use FSDP2 (fully_shard) or ZeRO stage 1/2"
-            )
-        if type(t).__name__ == "FlatParameter":
-            raise ValueError(
-                f"model_or_params: {name!r} is an FSDP1 flat parameter; use FSDP2 (fully_shard)"
-            )
-    return items
 
 
 @dataclass
@@ -217,7 +103,7 @@ class OnlineAverager:
             )
         self.config = config
         self._weights = config.weights
-        items = _tracked(model_or_params)
+        items = tracked_tensors(model_or_params)
         self.names = [n for n, _ in items]
         self._tensors = [t for _, t in items]
         self._is_float = [t.is_floating_point() for t in self._tensors]
@@ -310,7 +196,7 @@ class OnlineAverager:
         """acc += w_i * theta for every window due now; theta is read and cast once per tensor."""
         last_index = self.config.n - 1
         for k, t in enumerate(self._tensors):
-            local = _local(t).detach()
+            local = local_shard(t).detach()
             if not self._is_float[k]:
                 # Integer buffers and step counters: the newest wins, never averaged (docs/design.md).
                 for w, i in folds:
@@ -393,7 +279,7 @@ class OnlineAverager:
         merged = self._require_merged()
         if self._backup is not None:
             raise RuntimeError("merged weights are already swapped in")
-        locals_ = [_local(t) for t in self._tensors]
+        locals_ = [local_shard(t) for t in self._tensors]
         self._backup = [
             x.detach().to(self._dev(t), copy=True)
             for x, t in zip(locals_, self._tensors, strict=True)
@@ -408,7 +294,7 @@ class OnlineAverager:
         if self._backup is None:
             raise RuntimeError("swap_out() without swap_in()")
         for t, b in zip(self._tensors, self._backup, strict=True):
-            _local(t).copy_(b)
+            local_shard(t).copy_(b)
         self._backup = None
 
     @property
@@ -462,7 +348,7 @@ class OnlineAverager:
 
         def restore(name: str, v: torch.Tensor, where: str) -> torch.Tensor:
             t = self._tensors[index[name]]
-            local = _local(t)
+            local = local_shard(t)
             if tuple(v.shape) != tuple(local.shape):
                 raise ValueError(
                     f"averager state: {where} {name!r} has shape {tuple(v.shape)}, the model's "

@@ -128,9 +128,11 @@ def state_file(ckpt: str | Path) -> Path | None:
     return None
 
 
-def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
-    """`(step, path)` of the run's complete checkpoint folders (config + state file), oldest first.
+def list_checkpoints(run_dir: str | Path, *, resumable: bool = True) -> list[tuple[int, Path]]:
+    """`(step, path)` of the run's checkpoint folders, oldest first.
 
+    With `resumable` (the default) only complete pmalopti checkpoints (config + state file);
+    without it every model folder, e.g. a Hugging Face Trainer run's, for evaluation and merging.
     Completeness is judged by the files being there; `resume_checkpoint` also reads them.
     """
     run_dir = Path(run_dir)
@@ -139,7 +141,9 @@ def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
     found = []
     for p in run_dir.iterdir():
         step = checkpoint_step(p.name)
-        if step is not None and p.is_dir() and (p / "config.json").is_file() and state_file(p):
+        if step is None or not p.is_dir() or not (p / "config.json").is_file():
+            continue
+        if not resumable or state_file(p):
             found.append((step, p))
     return sorted(found)
 
