@@ -47,7 +47,7 @@ def test_a_number_edited_by_hand_in_the_readme_is_caught(gen):
 
 
 def test_the_numbers_are_read_from_the_result_files(gen, tmp_path, monkeypatch):
-    from docgen import results
+    from docgen import common, results
 
     rel = Path("experiments/pma_grid/results/lr1e-2/summary.json")
     copy = tmp_path / rel
@@ -56,7 +56,7 @@ def test_the_numbers_are_read_from_the_result_files(gen, tmp_path, monkeypatch):
     data = json.loads(copy.read_text())
     data["live"]["750"][0] = 9.8765
     copy.write_text(json.dumps(data))
-    monkeypatch.setattr(results, "ROOT", tmp_path)
+    monkeypatch.setattr(common, "ROOT", tmp_path)
     assert "9.8765 ±" in results.pma_grid_table("lr1e-2")
 
 
@@ -92,7 +92,7 @@ def _named_in(text: str) -> set[str]:
 
 
 def test_a_gpu_run_of_the_gpu_check_is_summarised_from_its_json(tmp_path, monkeypatch):
-    from docgen import results
+    from docgen import common, results
 
     assert "Not yet measured" in results.gpu_sentence() or results.gpu_check_files()
     data = json.loads((ROOT / "benchmarks/results/gpu_check_cpu_tiny.json").read_text())
@@ -100,7 +100,7 @@ def test_a_gpu_run_of_the_gpu_check_is_summarised_from_its_json(tmp_path, monkey
     data["sections"]["grpo"]["result"]["grpo"]["steps_per_s"] = 12.3456
     (tmp_path / "benchmarks/results").mkdir(parents=True)
     (tmp_path / "benchmarks/results/gpu_check_test.json").write_text(json.dumps(data))
-    monkeypatch.setattr(results, "ROOT", tmp_path)
+    monkeypatch.setattr(common, "ROOT", tmp_path)
     assert "built-in GRPO 12.35 steps/s" in results.gpu_sentence()
 
 
