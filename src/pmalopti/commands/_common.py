@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 
+from pmalopti.pma.spec import MergeSpec
+
 FORCE_HELP = (
     "replace OUT if pmalopti wrote it (never ., a parent folder, an input, or a folder without "
     "pmalopti's marker); a training run then starts from an empty folder"
@@ -91,15 +93,15 @@ class _MethodAction(argparse.Action):
     """`--method NAME`; the old `NAME:ALPHA` spelling also sets `alpha`."""
 
     def __call__(self, parser, namespace, value, option_string=None):
-        name, sep, alpha = str(value).partition(":")
+        try:
+            name, alpha = MergeSpec.split(value)  # the one parser of the NAME:ALPHA spelling
+        except ValueError as exc:
+            parser.error(f"argument --method: {exc}")
         if name not in METHODS:
             parser.error(f"argument --method: {value!r} is not one of {', '.join(METHODS)}")
         setattr(namespace, self.dest, name)
-        if sep:
-            try:
-                namespace.alpha = float(alpha)
-            except ValueError:
-                parser.error(f"argument --method: {value!r}: alpha {alpha!r} is not a number")
+        if alpha is not None:
+            namespace.alpha = alpha
 
 
 def add_merge_method(parser, *, default: str | None = "sma") -> None:

@@ -57,19 +57,29 @@ class MergeSpec:
     @classmethod
     def parse(cls, text: str, alpha: float | None = None) -> MergeSpec:
         """'sma' | 'wma' | 'ema:0.2' | 'ema' with `alpha` -> a spec (ValueError if invalid)."""
-        name, sep, rest = str(text).strip().lower().partition(":")
-        if sep:
-            if alpha is not None:
-                raise ValueError(f"give the alpha once: {text!r} already holds it")
-            try:
-                alpha = float(rest)
-            except ValueError:
-                raise ValueError(f"merge method {text!r}: {rest!r} is not a number") from None
-            if not math.isfinite(alpha):
-                raise ValueError(f"ema alpha must be in (0, 1], got {rest}")
+        if ":" in str(text) and alpha is not None:
+            raise ValueError(f"give the alpha once: {text!r} already holds it")
+        name, inline = cls.split(str(text).strip().lower())
+        if inline is not None:
+            if not math.isfinite(inline):
+                raise ValueError(f"ema alpha must be in (0, 1], got {inline}")
+            alpha = inline
         if name == "weights":
             raise ValueError("explicit weights are given with --weights W1,W2,...")
         return cls(name, alpha)  # type: ignore[arg-type]
+
+    @staticmethod
+    def split(text: str) -> tuple[str, float | None]:
+        """'ema:0.2' -> ('ema', 0.2), 'sma' -> ('sma', None): the name and the inline alpha, as
+        written (ValueError if the alpha is not a number; name and range are checked by `parse`)."""
+        name, sep, rest = str(text).partition(":")
+        if not sep:
+            return name, None
+        try:
+            alpha = float(rest)
+        except ValueError:
+            raise ValueError(f"merge method {text!r}: {rest!r} is not a number") from None
+        return name, alpha
 
     @classmethod
     def from_weights(cls, text: str | Sequence[float]) -> MergeSpec:
