@@ -40,7 +40,11 @@ ROOT = HERE.parents[1]
 TASK = {"min_digits": 2, "max_digits": 3, "reverse": True}
 CORPUS_SIZE, CORPUS_SEED = 30_000, 123
 PRETRAIN_STEP = 400
-BASE_STEP = 2750  # the SFT checkpoint every GRPO run starts from (see README: "the start model")
+BASE_STEP = 2250  # the SFT checkpoint every GRPO run starts from (see README: "the start model")
+# The imperfect demonstrations: this fraction of the SFT answers drops every carry (no_carry_sum).
+# 0 is the clean SFT of the first round (runs/rl_effect/sft, task data drawn by `pmalopti sft`).
+SFT_NOISE = 0.5
+SFT_SIZE = 20_000
 
 VARIANTS: dict[str, list[str]] = {
     "grpo": ["algo.alpha=0.0", "algo.eta=null"],
@@ -48,11 +52,18 @@ VARIANTS: dict[str, list[str]] = {
     "lopti": ["algo.alpha=0.0", "algo.eta=0.5"],
     "ar_lopti": ["algo.alpha=0.3", "algo.eta=0.5"],
 }
-# The regime search (plain GRPO unless a setting says otherwise): overrides of grpo.yaml.
+# The regime search (plain GRPO unless a setting says otherwise): overrides of grpo.yaml, seed 0.
+# Round 1 started from the clean SFT (runs/rl_effect/sft: `--noise 0 --base-step 2750` rebuilds
+# it) with round 1's grpo.yaml (60 steps, T 0.7, eval every 20): ROUND1 restores those values.
+ROUND1 = [
+    "model.path=runs/rl_effect/sft/checkpoint-2750",
+    "rollout.temperature=0.7",
+    "train.steps=60",
+    "train.eval_every=20",
+]
 _PROBE = ["task.eval_size=200", "train.diag_every=0"]  # the first probes: smaller eval, no Fig. 1
-SETTINGS: dict[str, list[str]] = {
-    "main": [],
-    # the search, in the order it was run (see README): start models at 6-20 % greedy accuracy
+_R1: dict[str, list[str]] = {
+    # start models at 6-20 % greedy accuracy (clean SFT steps 750-2,500)
     "sft750-lr3e-4": [
         "model.path=runs/rl_effect/sft/checkpoint-750",
         "optim.lr=3e-4",
@@ -83,12 +94,22 @@ SETTINGS: dict[str, list[str]] = {
         "rollout.temperature=0.7",
         *_PROBE,
     ],
-    # from SFT step 2,750 (the main start; main: lr 5e-5, T 0.7): lr, temperature, group size
+    # from clean SFT step 2,750 (round 1's main start; its main: lr 5e-5, T 0.7, 60 steps)
     "lr1e-4": ["optim.lr=1e-4", "rollout.temperature=1.0"],
     "lr2e-4": ["optim.lr=2e-4", "rollout.temperature=1.0"],
     "T1.0": ["rollout.temperature=1.0"],
     "G16": ["rollout.prompts_per_step=8", "rollout.group_size=16", "rollout.temperature=1.0"],
     "sft2500-lr5e-5": ["model.path=runs/rl_effect/sft/checkpoint-2500", "rollout.temperature=1.0"],
+    "main": [],  # round 1's main comparison (5 seeds x 4 variants): +6.3 points, bar not met
+}
+_NOISY = "runs/rl_effect/sft-noise0.5/checkpoint-{}"
+SETTINGS: dict[str, list[str]] = {
+    "main": [],
+    **{f"r1-{k}": [*ROUND1, *v] for k, v in _R1.items()},
+    # round 2: SFT on imperfect demonstrations (SFT_NOISE of the answers drop every carry)
+    "n0.5-2250": ["train.diag_every=0"],
+    "n0.5-2250-T0.7": ["train.diag_every=0", "rollout.temperature=0.7"],
+    "n0.5-2250-lr1e-4": ["train.diag_every=0", "optim.lr=1e-4"],
 }
 
 
@@ -133,6 +154,41 @@ def stage_data(runs: Path) -> Path:
     return corpus
 
 
+def no_carry_sum(a: int, b: int) -> int:
+    """The sum with every carry dropped: each digit is (a_i + b_i) mod 10 ("457+68" -> 415).
+
+    The systematic error of the imperfect demonstrations (see SFT_NOISE): a student who never
+    carries. Its digits differ from the true sum's exactly at the positions a carry reaches.
+    """
+    out, place = 0, 1
+    while a or b:
+        out += ((a % 10 + b % 10) % 10) * place
+        a, b, place = a // 10, b // 10, place * 10
+    return out
+
+
+def stage_sft_data(runs: Path, noise: float) -> Path:
+    """The SFT corpus: SFT_SIZE reversed sums of the task's train split, a fraction `noise` of them
+    (drawn at random, fixed seed) answered with the no-carry sum instead of the true one."""
+    import random
+
+    from pmalopti.runtime.fs import atomic_write_text
+    from pmalopti.tasks import get_task
+
+    path = runs / "data" / f"sft-noise{noise:g}.jsonl"
+    if not path.exists():
+        task = get_task("arithmetic", **TASK)
+        rng = random.Random(f"rl_effect/sft-noise/{noise}")
+        lines = []
+        for r in task.samples("train", n=SFT_SIZE, seed=0):
+            wrong = rng.random() < noise
+            ans = str(no_carry_sum(r["a"], r["b"]) if wrong else int(r["answer"]))
+            row = {"prompt": task.prompt(r), "target": ans[::-1], "no_carry": wrong}
+            lines.append(json.dumps(row) + "\n")
+        atomic_write_text(path, "".join(lines))
+    return path
+
+
 # Extra `--set` overrides per stage (the GPU protocol scales the model and batches with these).
 EXTRA: dict[str, list[str]] = {"pretrain": [], "sft": [], "grpo": []}
 
@@ -146,15 +202,68 @@ def stage_base(runs: Path) -> Path:
             *sets([f"data.path={corpus}", f"train.steps={PRETRAIN_STEP}", *EXTRA["pretrain"]]),
             "-o", str(pre), "--force",
         )  # fmt: skip
+    data = []
+    if SFT_NOISE > 0:
+        sft = runs / f"sft-noise{SFT_NOISE:g}"
+        data = [f"data.path={stage_sft_data(runs, SFT_NOISE)}", "data.eval_generate=0"]
     base = sft / f"checkpoint-{BASE_STEP}"
     if not base.exists():
         pmalopti(
             "sft", "--config", str(HERE / "sft.yaml"),
             "--init-from", str(pre / f"checkpoint-{PRETRAIN_STEP}"),
-            *sets([f"train.steps={BASE_STEP}", *EXTRA["sft"]]),
+            *sets([*data, f"train.steps={BASE_STEP}", *EXTRA["sft"]]),
             "-o", str(sft), "--force",
         )  # fmt: skip
     return base
+
+
+def stage_scan(runs: Path, n: int = 400) -> dict:
+    """Greedy answers of every SFT checkpoint on `n` held-out sums (test split, seed 0): the share
+    correct and the share answered with the no-carry sum (where it differs from the true one).
+    Picks the start model; written to sft_scan.json beside this file."""
+    import torch
+
+    from pmalopti.runtime.fs import atomic_write_json
+    from pmalopti.runtime.hf import load_model, load_tokenizer
+    from pmalopti.tasks import get_task
+
+    torch.set_num_threads(1)
+    task = get_task("arithmetic", **TASK)
+    rows = task.samples("test", n=n, seed=0)
+    carry = [no_carry_sum(r["a"], r["b"]) != int(r["answer"]) for r in rows]
+    sft = runs / (f"sft-noise{SFT_NOISE:g}" if SFT_NOISE > 0 else "sft")
+    ckpts = sorted(sft.glob("checkpoint-*"), key=lambda c: int(c.name.split("-")[1]))
+    path = HERE / "sft_scan.json"
+    scan = json.loads(path.read_text()) if path.exists() else {}
+    res = scan.setdefault(f"noise{SFT_NOISE:g}", {})
+    for ck in ckpts:
+        step = ck.name.split("-")[1]
+        if step in res:
+            continue
+        model, tok = load_model(ck), load_tokenizer(ck)
+        model.eval()
+        tok.padding_side = "left"
+        outs: list[str] = []
+        for i in range(0, n, 100):
+            enc = tok([task.prompt(r) for r in rows[i : i + 100]], return_tensors="pt",
+                      padding=True, add_special_tokens=False)  # fmt: skip
+            with torch.no_grad():
+                ids = model.generate(**enc, max_new_tokens=6, do_sample=False,
+                                     pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)  # fmt: skip
+            outs += tok.batch_decode(ids[:, enc["input_ids"].size(1) :], skip_special_tokens=True)
+        ok = [task.reward(o, r) == 1.0 for o, r in zip(outs, rows, strict=True)]
+        nc = [o.strip() == str(no_carry_sum(r["a"], r["b"]))[::-1] for o, r in zip(outs, rows, strict=True)]
+        with_c = [i for i in range(n) if carry[i]]
+        res[step] = {
+            "accuracy": sum(ok) / n,
+            "accuracy_with_carry": sum(ok[i] for i in with_c) / len(with_c),
+            "accuracy_without_carry": sum(ok[i] for i in range(n) if not carry[i]) / (n - len(with_c)),
+            "no_carry_answers_of_carry_sums": sum(nc[i] for i in with_c) / len(with_c),
+            "share_with_carry": len(with_c) / n,
+        }
+        print(f"{sft.name} {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in res[step].items()), flush=True)
+    atomic_write_json(path, scan)
+    return scan
 
 
 # --- 3. the GRPO runs ---------------------------------------------------------------------------
@@ -246,7 +355,7 @@ def _reap(running):
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--stage", choices=["all", "data", "base", "grpo", "report"], default="all")
+    ap.add_argument("--stage", choices=["all", "data", "base", "scan", "grpo", "report"], default="all")
     ap.add_argument("--runs", default=str(ROOT / "runs" / "rl_effect"), help="work folder")
     ap.add_argument("--setting", choices=list(SETTINGS), default="main")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
@@ -256,6 +365,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.add_argument(f"--{stage}-set", nargs="*", default=[], metavar="KEY=VALUE")
     ap.add_argument("--base-step", type=int, default=BASE_STEP, help="SFT steps of the start model")
     ap.add_argument(
+        "--noise", type=float, default=SFT_NOISE, help="share of no-carry SFT answers (0: clean)"
+    )
+    ap.add_argument(
         "--digits", type=int, nargs=2, metavar=("MIN", "MAX"), help="operand digits (default 2 3)"
     )
     ap.add_argument("--no-report-docs", action="store_true", help="report into --runs only")
@@ -264,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     for stage in EXTRA:
         EXTRA[stage] = getattr(a, f"{stage}_set")
     globals()["BASE_STEP"] = a.base_step
+    globals()["SFT_NOISE"] = a.noise
     if a.digits:
         TASK.update(min_digits=a.digits[0], max_digits=a.digits[1])
         kw = f"{{min_digits: {a.digits[0]}, max_digits: {a.digits[1]}, reverse: true}}"
@@ -273,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
         stage_data(runs)
     if a.stage in ("all", "base"):
         stage_base(runs)
+    if a.stage == "scan":
+        stage_scan(runs)
     if a.stage in ("all", "grpo"):
         stage_grpo(runs, a.setting, a.seeds, a.variants, a.parallel)
     if a.stage in ("all", "report"):
@@ -281,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         out = runs / "report" if a.no_report_docs else HERE
         write_report(
             runs, out, settings=SETTINGS, variants=list(VARIANTS), steps_of=steps_of,
-            update_docs=not a.no_report_docs,
+            update_docs=not a.no_report_docs, abbreviations={"ROUND1": ROUND1},
         )  # fmt: skip
     return 0
 

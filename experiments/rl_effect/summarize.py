@@ -172,7 +172,16 @@ def summarize(logs: dict, settings: dict, variants: list[str], steps_of: Callabl
 # --- report -------------------------------------------------------------------------------------
 
 
-def tables(main: dict, search: dict) -> str:
+def _overrides(over: list[str], abbreviations: dict[str, list[str]]) -> str:
+    """The overrides as code spans, a leading run of a named list (run.py's ROUND1) by its name."""
+    head = []
+    for name, common in abbreviations.items():
+        if common and over[: len(common)] == common:
+            head, over = [name], over[len(common) :]
+    return ", ".join([*head, *(f"`{o}`" for o in over)]) or "(grpo.yaml as is)"
+
+
+def tables(main: dict, search: dict, abbreviations: dict[str, list[str]] | None = None) -> str:
     vs = main["variants"]
     lines = []
     diffs = sorted({d for v in vs.values() for s in v["seeds"] for d in s["final_by_difficulty"]})
@@ -273,6 +282,7 @@ def tables(main: dict, search: dict) -> str:
             + " | ".join(f"{x:.2f}" for x in rel)
             + " |"
         )
+    abbreviations = abbreviations or {}
     if search:
         lines += [
             "",
@@ -287,12 +297,33 @@ def tables(main: dict, search: dict) -> str:
                 start = [x["start_accuracy"] for x in r["seeds"]]
                 final = [x["final_accuracy"] for x in r["seeds"]]
                 gain = [f - a for f, a in zip(final, start, strict=True)]
-                over = ", ".join(f"`{o}`" for o in s["overrides"]) or "(grpo.yaml as is)"
+                over = _overrides(s["overrides"], abbreviations)
                 done = "/".join(str(x["final_step"]) for x in r["seeds"])
                 lines.append(
                     f"| {name} | {over} | {NAMES[v]} | {r['n']} | {done} of {s['steps']} | "
                     f"{pm(start)} | {pm(final)} | {pm(gain)} |"
                 )
+    return "\n".join(lines) + "\n"
+
+
+def scan_table(scan: dict) -> str:
+    """run.py --stage scan (sft_scan.json): greedy answers of the SFT checkpoints on 400 held-out
+    sums (seed 0's evaluation set) -- how the start model was picked."""
+    lines = [
+        "**The SFT checkpoints** (greedy answers on seed 0's 400 held-out sums; a carry sum is one "
+        "whose true sum differs from its no-carry sum; noise = share of no-carry SFT answers)",
+        "",
+        "| SFT | step | accuracy | on sums without a carry | on carry sums | carry sums answered with the no-carry sum |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, steps in scan.items():
+        for step, r in sorted(steps.items(), key=lambda kv: int(kv[0])):
+            lines.append(
+                f"| {name} | {step} | {r['accuracy']:.3f} | {r['accuracy_without_carry']:.3f} | "
+                f"{r['accuracy_with_carry']:.3f} | {r['no_carry_answers_of_carry_sums']:.3f} |"
+            )
+    share = next(iter(next(iter(scan.values())).values()))["share_with_carry"]
+    lines += ["", f"Carry sums are {share:.1%} of the held-out set."]
     return "\n".join(lines) + "\n"
 
 
@@ -401,6 +432,7 @@ def write_report(
     variants: list[str],
     steps_of: Callable,
     update_docs: bool = True,
+    abbreviations: dict[str, list[str]] | None = None,
 ) -> None:
     from pmalopti.runtime.fs import atomic_write_json, atomic_write_text
 
@@ -415,7 +447,9 @@ def write_report(
         return
     main = res["main"]
     atomic_write_json(out / "summary.json", main)
-    md = tables(main, search)
+    md = tables(main, search, abbreviations)
+    if (out / "sft_scan.json").exists():
+        md += "\n" + scan_table(json.loads((out / "sft_scan.json").read_text()))
     title = "# experiments/rl_effect: results (written by summarize.py from logs/)\n\n"
     atomic_write_text(out / "results.md", title + md)
     figures(main, out)
