@@ -4,24 +4,28 @@ A regime where plain GRPO clearly raises held-out accuracy, then the paper's fou
 the same start model, every seed reported:
 
 1. data    runs/rl_effect/data/corpus.jsonl: 30,000 "a+b=" + reversed-sum texts, 2-3 digit
-           operands (pmalopti.tasks arithmetic, reverse=True, train split, seed 123);
+           operands (pmalopti.tasks arithmetic, reverse=True, train split, seed 123), and the SFT
+           corpus data/sft-noise<P>.jsonl: 20,000 prompt/target pairs, a share P (SFT_NOISE) of
+           them answered with the no-carry sum (imperfect demonstrations, see README);
 2. base    `pmalopti pretrain --config pretrain.yaml` (400 steps: the format, 0 % accuracy), then
-           `pmalopti sft --config sft.yaml` from its checkpoint-400; the GRPO start model is the SFT
-           checkpoint BASE_STEP (about 40 % greedy accuracy on held-out sums);
+           `pmalopti sft --config sft.yaml` on the SFT corpus from its checkpoint-400; the GRPO
+           start model is the SFT checkpoint BASE_STEP (`--base-step auto`: pick_start on the scan);
+   scan    greedy answers of every SFT checkpoint on 400 held-out sums -> RUNS/sft_scan.json;
 3. grpo    `pmalopti grpo --config grpo.yaml` for each variant x seed (`--parallel` at a time, one
            torch thread each; finished runs are skipped). `--setting` picks the main comparison
-           or one of the SEARCH settings tried while looking for the regime;
-4. report  summarize.py: summary.json, search.json, figures, the results section of README.md and
-           of docs/experiments.md, from the run logs (copied, trimmed, into logs/).
+           or one of the SETTINGS tried while looking for the regime;
+4. report  summarize.py: summary.json, search.json, sft_scan.json, figures, the results section of
+           README.md and of docs/experiments.md, from the run logs (copied, trimmed, into logs/).
 
     python experiments/rl_effect/run.py                          # everything (~60 min, 2 busy cores)
-    python experiments/rl_effect/run.py --stage grpo --setting lr3e-4 --variants grpo --seeds 0 1
+    python experiments/rl_effect/run.py --stage grpo --setting n0.5-2250-T1.0 --variants grpo --seeds 0
     python experiments/rl_effect/run.py --stage report           # tables and figures from logs/
 
 How it differs from the paper: a 1M-parameter model pre-trained and fine-tuned here on reversed
-2-3 digit addition (paper: Qwen2.5-3B/7B-Instruct on Knights and Knaves), exact-match reward 0/1,
-16 prompts x 8 samples for 100 steps (paper: 64 x 8, hundreds of steps), beta = 0 (paper 1e-3),
-lr 5e-5 (paper 1e-6). The loss is the authors' (token-mean per micro-batch / accumulation steps).
+2-3 digit addition, the SFT half on a systematic wrong answer (paper: Qwen2.5-3B/7B-Instruct on
+Knights and Knaves), exact-match reward 0/1, 16 prompts x 8 samples for 200 steps (paper: 64 x 8,
+hundreds of steps), beta = 0 (paper 1e-3), lr 5e-5 (paper 1e-6). The loss is the authors'
+(token-mean per micro-batch / accumulation steps).
 """
 
 from __future__ import annotations
@@ -34,13 +38,16 @@ import sys
 import time
 from pathlib import Path
 
+from carry import pick_start, scan, write_corpus  # experiments/rl_effect/carry.py
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 
 TASK = {"min_digits": 2, "max_digits": 3, "reverse": True}
 CORPUS_SIZE, CORPUS_SEED = 30_000, 123
 PRETRAIN_STEP = 400
-BASE_STEP = 2250  # the SFT checkpoint every GRPO run starts from (see README: "the start model")
+# The SFT checkpoint every GRPO run starts from (see README: "the start model"); None = auto.
+BASE_STEP: int | None = 2250
 # The imperfect demonstrations: this fraction of the SFT answers drops every carry (no_carry_sum).
 # 0 is the clean SFT of the first round (runs/rl_effect/sft, task data drawn by `pmalopti sft`).
 SFT_NOISE = 0.5
@@ -107,9 +114,12 @@ SETTINGS: dict[str, list[str]] = {
     "main": [],
     **{f"r1-{k}": [*ROUND1, *v] for k, v in _R1.items()},
     # round 2: SFT on imperfect demonstrations (SFT_NOISE of the answers drop every carry)
-    "n0.5-2250": ["train.diag_every=0"],
-    "n0.5-2250-T0.7": ["train.diag_every=0", "rollout.temperature=0.7"],
+    # from noise-0.5 SFT step 2,250 (the main start), 200 steps
+    "n0.5-2250-T1.0": ["train.diag_every=0", "rollout.temperature=1.0"],
+    "n0.5-2250-T0.7": ["train.diag_every=0"],
     "n0.5-2250-lr1e-4": ["train.diag_every=0", "optim.lr=1e-4"],
+    # a second start model: noise-0.6 SFT step 3,750 (in the band, see the SFT scan)
+    "n0.6-3750": ["model.path=runs/rl_effect/sft-noise0.6/checkpoint-3750", "train.diag_every=0"],
 }
 
 
@@ -154,48 +164,13 @@ def stage_data(runs: Path) -> Path:
     return corpus
 
 
-def no_carry_sum(a: int, b: int) -> int:
-    """The sum with every carry dropped: each digit is (a_i + b_i) mod 10 ("457+68" -> 415).
-
-    The systematic error of the imperfect demonstrations (see SFT_NOISE): a student who never
-    carries. Its digits differ from the true sum's exactly at the positions a carry reaches.
-    """
-    out, place = 0, 1
-    while a or b:
-        out += ((a % 10 + b % 10) % 10) * place
-        a, b, place = a // 10, b // 10, place * 10
-    return out
-
-
-def stage_sft_data(runs: Path, noise: float) -> Path:
-    """The SFT corpus: SFT_SIZE reversed sums of the task's train split, a fraction `noise` of them
-    (drawn at random, fixed seed) answered with the no-carry sum instead of the true one."""
-    import random
-
-    from pmalopti.runtime.fs import atomic_write_text
-    from pmalopti.tasks import get_task
-
-    path = runs / "data" / f"sft-noise{noise:g}.jsonl"
-    if not path.exists():
-        task = get_task("arithmetic", **TASK)
-        rng = random.Random(f"rl_effect/sft-noise/{noise}")
-        lines = []
-        for r in task.samples("train", n=SFT_SIZE, seed=0):
-            wrong = rng.random() < noise
-            ans = str(no_carry_sum(r["a"], r["b"]) if wrong else int(r["answer"]))
-            row = {"prompt": task.prompt(r), "target": ans[::-1], "no_carry": wrong}
-            lines.append(json.dumps(row) + "\n")
-        atomic_write_text(path, "".join(lines))
-    return path
-
-
 # Extra `--set` overrides per stage (the GPU protocol scales the model and batches with these).
 EXTRA: dict[str, list[str]] = {"pretrain": [], "sft": [], "grpo": []}
 
 
 def stage_base(runs: Path) -> Path:
     corpus = stage_data(runs)
-    pre, sft = runs / "pretrain", runs / "sft"
+    pre, sft = runs / "pretrain", sft_dir(runs)
     if not (pre / f"checkpoint-{PRETRAIN_STEP}").exists():
         pmalopti(
             "pretrain", "--config", str(HERE / "pretrain.yaml"),
@@ -204,8 +179,18 @@ def stage_base(runs: Path) -> Path:
         )  # fmt: skip
     data = []
     if SFT_NOISE > 0:
-        sft = runs / f"sft-noise{SFT_NOISE:g}"
-        data = [f"data.path={stage_sft_data(runs, SFT_NOISE)}", "data.eval_generate=0"]
+        corpus = write_corpus(
+            runs / "data" / f"sft-noise{SFT_NOISE:g}.jsonl", TASK, SFT_NOISE, SFT_SIZE
+        )
+        data = [f"data.path={corpus}", "data.eval_generate=0"]
+    if BASE_STEP is None:  # auto: the whole SFT (sft.yaml's steps), then pick from the scan
+        if not (sft / "eval.json").exists():
+            pmalopti(
+                "sft", "--config", str(HERE / "sft.yaml"),
+                "--init-from", str(pre / f"checkpoint-{PRETRAIN_STEP}"),
+                *sets([*data, *EXTRA["sft"]]), "-o", str(sft), "--force",
+            )  # fmt: skip
+        return sft / f"checkpoint-{pick_start(stage_scan(runs))}"
     base = sft / f"checkpoint-{BASE_STEP}"
     if not base.exists():
         pmalopti(
@@ -217,53 +202,21 @@ def stage_base(runs: Path) -> Path:
     return base
 
 
-def stage_scan(runs: Path, n: int = 400) -> dict:
-    """Greedy answers of every SFT checkpoint on `n` held-out sums (test split, seed 0): the share
-    correct and the share answered with the no-carry sum (where it differs from the true one).
-    Picks the start model; written to sft_scan.json beside this file."""
-    import torch
+def sft_dir(runs: Path) -> Path:
+    return runs / (f"sft-noise{SFT_NOISE:g}" if SFT_NOISE > 0 else "sft")
 
+
+def stage_scan(runs: Path) -> dict[str, dict]:
+    """carry.scan of this SFT's checkpoints, kept in RUNS/sft_scan.json (the report copies it
+    beside this file) under "noise<P>"; returns that entry."""
     from pmalopti.runtime.fs import atomic_write_json
-    from pmalopti.runtime.hf import load_model, load_tokenizer
-    from pmalopti.tasks import get_task
 
-    torch.set_num_threads(1)
-    task = get_task("arithmetic", **TASK)
-    rows = task.samples("test", n=n, seed=0)
-    carry = [no_carry_sum(r["a"], r["b"]) != int(r["answer"]) for r in rows]
-    sft = runs / (f"sft-noise{SFT_NOISE:g}" if SFT_NOISE > 0 else "sft")
-    ckpts = sorted(sft.glob("checkpoint-*"), key=lambda c: int(c.name.split("-")[1]))
-    path = HERE / "sft_scan.json"
-    scan = json.loads(path.read_text()) if path.exists() else {}
-    res = scan.setdefault(f"noise{SFT_NOISE:g}", {})
-    for ck in ckpts:
-        step = ck.name.split("-")[1]
-        if step in res:
-            continue
-        model, tok = load_model(ck), load_tokenizer(ck)
-        model.eval()
-        tok.padding_side = "left"
-        outs: list[str] = []
-        for i in range(0, n, 100):
-            enc = tok([task.prompt(r) for r in rows[i : i + 100]], return_tensors="pt",
-                      padding=True, add_special_tokens=False)  # fmt: skip
-            with torch.no_grad():
-                ids = model.generate(**enc, max_new_tokens=6, do_sample=False,
-                                     pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)  # fmt: skip
-            outs += tok.batch_decode(ids[:, enc["input_ids"].size(1) :], skip_special_tokens=True)
-        ok = [task.reward(o, r) == 1.0 for o, r in zip(outs, rows, strict=True)]
-        nc = [o.strip() == str(no_carry_sum(r["a"], r["b"]))[::-1] for o, r in zip(outs, rows, strict=True)]
-        with_c = [i for i in range(n) if carry[i]]
-        res[step] = {
-            "accuracy": sum(ok) / n,
-            "accuracy_with_carry": sum(ok[i] for i in with_c) / len(with_c),
-            "accuracy_without_carry": sum(ok[i] for i in range(n) if not carry[i]) / (n - len(with_c)),
-            "no_carry_answers_of_carry_sums": sum(nc[i] for i in with_c) / len(with_c),
-            "share_with_carry": len(with_c) / n,
-        }
-        print(f"{sft.name} {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in res[step].items()), flush=True)
-    atomic_write_json(path, scan)
-    return scan
+    path = runs / "sft_scan.json"
+    every = json.loads(path.read_text()) if path.exists() else {}
+    key = f"noise{SFT_NOISE:g}"
+    every[key] = scan(sft_dir(runs), TASK, every.get(key, {}))
+    atomic_write_json(path, every)
+    return every[key]
 
 
 # --- 3. the GRPO runs ---------------------------------------------------------------------------
@@ -355,7 +308,9 @@ def _reap(running):
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--stage", choices=["all", "data", "base", "scan", "grpo", "report"], default="all")
+    ap.add_argument(
+        "--stage", choices=["all", "data", "base", "scan", "grpo", "report"], default="all"
+    )
     ap.add_argument("--runs", default=str(ROOT / "runs" / "rl_effect"), help="work folder")
     ap.add_argument("--setting", choices=list(SETTINGS), default="main")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
@@ -363,7 +318,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--parallel", type=int, default=2, help="GRPO runs at a time (one thread each)")
     for stage in EXTRA:
         ap.add_argument(f"--{stage}-set", nargs="*", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--base-step", type=int, default=BASE_STEP, help="SFT steps of the start model")
+    ap.add_argument(
+        "--base-step", default=str(BASE_STEP), help="SFT step of the start model, or 'auto' (scan)"
+    )
     ap.add_argument(
         "--noise", type=float, default=SFT_NOISE, help="share of no-carry SFT answers (0: clean)"
     )
@@ -375,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = Path(a.runs)
     for stage in EXTRA:
         EXTRA[stage] = getattr(a, f"{stage}_set")
-    globals()["BASE_STEP"] = a.base_step
+    globals()["BASE_STEP"] = None if a.base_step == "auto" else int(a.base_step)
     globals()["SFT_NOISE"] = a.noise
     if a.digits:
         TASK.update(min_digits=a.digits[0], max_digits=a.digits[1])
@@ -402,5 +359,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(HERE))
     raise SystemExit(main())

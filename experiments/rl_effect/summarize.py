@@ -15,9 +15,9 @@ import statistics
 from collections.abc import Callable
 from pathlib import Path
 
-BUCKETS = ("p<0.25", "0.25<=p<0.5", "0.5<=p<0.75", "p>=0.75")
-BUCKET_NAMES = ("π_old < 0.25", "0.25–0.5", "0.5–0.75", "≥ 0.75")
-NAMES = {"grpo": "GRPO", "ar": "+AR (α 0.3)", "lopti": "+Lopti (η 0.5)", "ar_lopti": "+AR+Lopti"}
+from carry import scan_table
+from figures import BUCKET_NAMES, BUCKETS, NAMES, _mean, figures  # experiments/rl_effect/
+
 KEEP = ("step", "accuracy", "reward/mean", "response_length/mean", "actor/grad_norm", "time/step")
 KEEP_PREFIX = ("eval/", "diag/", "lopti/", "actor/entropy")
 RUN = re.compile(r"^(?P<variant>[a-z_]+)-s(?P<seed>\d+)\.jsonl$")
@@ -101,10 +101,6 @@ def run_summary(seed: int, recs: list[dict], steps: int, partial: bool = False) 
     if low:
         out["lopti_low_token_share"] = _mean(low)
     return out
-
-
-def _mean(xs: list[float]) -> float:
-    return sum(xs) / len(xs) if xs else float("nan")
 
 
 def _std(xs: list[float]) -> float:
@@ -306,27 +302,6 @@ def tables(main: dict, search: dict, abbreviations: dict[str, list[str]] | None 
     return "\n".join(lines) + "\n"
 
 
-def scan_table(scan: dict) -> str:
-    """run.py --stage scan (sft_scan.json): greedy answers of the SFT checkpoints on 400 held-out
-    sums (seed 0's evaluation set) -- how the start model was picked."""
-    lines = [
-        "**The SFT checkpoints** (greedy answers on seed 0's 400 held-out sums; a carry sum is one "
-        "whose true sum differs from its no-carry sum; noise = share of no-carry SFT answers)",
-        "",
-        "| SFT | step | accuracy | on sums without a carry | on carry sums | carry sums answered with the no-carry sum |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    for name, steps in scan.items():
-        for step, r in sorted(steps.items(), key=lambda kv: int(kv[0])):
-            lines.append(
-                f"| {name} | {step} | {r['accuracy']:.3f} | {r['accuracy_without_carry']:.3f} | "
-                f"{r['accuracy_with_carry']:.3f} | {r['no_carry_answers_of_carry_sums']:.3f} |"
-            )
-    share = next(iter(next(iter(scan.values())).values()))["share_with_carry"]
-    lines += ["", f"Carry sums are {share:.1%} of the held-out set."]
-    return "\n".join(lines) + "\n"
-
-
 def verdicts(vs: dict) -> list[str]:
     """The sentences the README's conclusions rest on, by a fixed rule (no judgement by hand).
 
@@ -358,57 +333,6 @@ def verdicts(vs: dict) -> list[str]:
     return [" ".join(out)]
 
 
-def figures(main: dict, out: Path) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    def save_figure(fig, path: Path) -> Path:
-        tmp = path.with_suffix(".tmp.png")
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        tmp.replace(path)
-        return path
-
-    vs = main["variants"]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for v, s in vs.items():
-        ev = np.array([[a for _, a in x["eval_curve"]] for x in s["seeds"]])
-        steps = [st for st, _ in s["seeds"][0]["eval_curve"]]
-        ax1.errorbar(steps, ev.mean(0), yerr=ev.std(0), label=NAMES[v], capsize=3, marker="o")
-        rw = np.array([[r for _, r in x["reward_curve"]] for x in s["seeds"]])
-        k = 5  # moving average over 5 steps
-        sm = np.convolve(rw.mean(0), np.ones(k) / k, mode="valid")
-        ax2.plot(np.arange(k, k + len(sm)), sm, label=NAMES[v])
-    ax1.set(
-        xlabel="GRPO step",
-        ylabel="held-out greedy accuracy",
-        title="held-out accuracy (mean ± std)",
-    )
-    ax2.set(
-        xlabel="GRPO step", ylabel="train reward (= accuracy at T = 1)", title="reward, 5-step mean"
-    )
-    ax1.legend()
-    ax1.grid(alpha=0.3)
-    ax2.grid(alpha=0.3)
-    paths = [str(save_figure(fig, out / "curves.png"))]
-    with_b = [x["buckets"] for x in vs["grpo"]["seeds"] if "buckets" in x]
-    if with_b:
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        x = np.arange(len(BUCKETS))
-        tok = [_mean([b[k]["token_share"] for b in with_b]) for k in BUCKETS]
-        grad = [_mean([b[k]["grad_share"] for b in with_b]) for k in BUCKETS]
-        ax.bar(x - 0.2, tok, 0.4, label="share of tokens")
-        ax.bar(x + 0.2, grad, 0.4, label="share of gradient norm")
-        ax.set_xticks(x, BUCKET_NAMES)
-        ax.set(title="plain GRPO: where the gradient comes from", ylabel="share")
-        ax.legend()
-        paths.append(str(save_figure(fig, out / "token_prob_buckets.png")))
-    plt.close("all")
-    return paths
-
-
 def _replace_between(path: Path, tag: str, body: str) -> None:
     from pmalopti.runtime.fs import atomic_write_text
 
@@ -438,6 +362,8 @@ def write_report(
 
     if (runs / "grpo").is_dir():
         copy_logs(runs, out)
+    if (runs / "sft_scan.json").is_file():  # run.py --stage scan
+        atomic_write_text(out / "sft_scan.json", (runs / "sft_scan.json").read_text())
     res = summarize(read_logs(out), settings, variants, steps_of)
     search = {k: v for k, v in res.items() if k != "main"}
     if search:
@@ -452,7 +378,7 @@ def write_report(
         md += "\n" + scan_table(json.loads((out / "sft_scan.json").read_text()))
     title = "# experiments/rl_effect: results (written by summarize.py from logs/)\n\n"
     atomic_write_text(out / "results.md", title + md)
-    figures(main, out)
+    figures(main, out)  # experiments/rl_effect/figures.py
     if update_docs:  # this README's results section; docs/experiments.md via docs/build_readme.py
         _replace_between(out / "README.md", "results", md)
         import subprocess
