@@ -70,11 +70,41 @@ def _greedy(model, tok, prompts: list[str], max_new_tokens: int) -> list[str]:
     return [o.strip() for o in outs]
 
 
+def _fork(true: str, wrong: str) -> int:
+    """The first index where `true` and `wrong` differ (`wrong` ends first: its length).
+
+    >>> _fork("311", "31"), _fork("215", "205")
+    (2, 1)
+    """
+    return next((i for i, (x, y) in enumerate(zip(true, wrong)) if x != y), len(wrong))  # noqa: B905
+
+
+def p_true_at_fork(
+    model, tok, prompts: list[str], true: list[str], wrong: list[str]
+) -> list[float]:
+    """π(true digit) at the first digit where the true and the no-carry answer differ, given
+    the prompt and the true answer before it (teacher forcing, T = 1)."""
+    import torch
+
+    fork = [_fork(t, w) for t, w in zip(true, wrong, strict=True)]
+    tok.padding_side = "right"  # causal: padding after the text changes no earlier logit
+    enc = tok([p + t for p, t in zip(prompts, true, strict=True)], return_tensors="pt",
+              padding=True, add_special_tokens=False)  # fmt: skip
+    with torch.no_grad():
+        probs = model(**enc).logits.float().softmax(-1)  # (B, T, V)
+    out = []
+    for i, (p, f) in enumerate(zip(prompts, fork, strict=True)):
+        pos = len(tok(p, add_special_tokens=False)["input_ids"]) + f  # the true digit's token
+        out.append(float(probs[i, pos - 1, enc["input_ids"][i, pos]]))
+    return out
+
+
 def scan(sft: Path, task_kwargs: dict, done: dict[str, dict], n: int = 400) -> dict[str, dict]:
     """{step: numbers} for every checkpoint-<step> of the SFT run `sft` not already in `done`:
     greedy answers on `n` held-out sums (test split, seed 0: seed 0's GRPO evaluation set), the
     share correct overall, on sums with and without a carry (a carry sum's true and no-carry sums
-    differ), and the share of carry sums answered with the no-carry sum."""
+    differ), the share of carry sums answered with the no-carry sum, and the probability of the
+    true digit where the two answers fork (p_true_at_fork)."""
     import torch
 
     from pmalopti.runtime.hf import load_model, load_tokenizer
@@ -91,15 +121,21 @@ def scan(sft: Path, task_kwargs: dict, done: dict[str, dict], n: int = 400) -> d
         step = ck.name.split("-")[1]
         if step in res:
             continue
-        outs = _greedy(load_model(ck), load_tokenizer(ck), [task.prompt(r) for r in rows],
+        model, tok = load_model(ck), load_tokenizer(ck)
+        outs = _greedy(model, tok, [task.prompt(r) for r in rows],
                        max_new_tokens=int(task_kwargs.get("max_digits", 3)) + 3)  # fmt: skip
         ok = [task.reward(o, r) == 1.0 for o, r in zip(outs, rows, strict=True)]
+        pt = p_true_at_fork(model, tok, [task.prompt(rows[i]) for i in carry],
+                            [task.expected(rows[i]) for i in carry], [nc[i] for i in carry])  # fmt: skip
         res[step] = {
             "accuracy": sum(ok) / n,
             "accuracy_with_carry": sum(ok[i] for i in carry) / len(carry),
             "accuracy_without_carry": sum(ok[i] for i in plain) / len(plain),
             "no_carry_answers_of_carry_sums": sum(outs[i] == nc[i] for i in carry) / len(carry),
             "share_with_carry": len(carry) / n,
+            # the first digit a carry changes: mean π(true digit), share with 0.25 <= π < 0.75
+            "p_true_at_fork": sum(pt) / len(pt),
+            "fork_share_0.25_0.75": sum(0.25 <= x < 0.75 for x in pt) / len(pt),
         }
         print(f"{sft.name} {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in res[step].items()))
     return res
@@ -120,16 +156,20 @@ def scan_table(scan: dict) -> str:
     sums (seed 0's evaluation set) -- how the start model was picked."""
     lines = [
         "**The SFT checkpoints** (greedy answers on seed 0's 400 held-out sums; a carry sum is one "
-        "whose true sum differs from its no-carry sum; noise = share of no-carry SFT answers)",
+        "whose true sum differs from its no-carry sum; noise = share of no-carry SFT answers; the "
+        "fork = the first digit where the true and the no-carry answer differ, π = the model's "
+        "probability of the true digit there, given the prompt and the true digits before it)",
         "",
-        "| SFT | step | accuracy | on sums without a carry | on carry sums | carry sums answered with the no-carry sum |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| SFT | step | accuracy | sums without a carry | carry sums | carry sums answered "
+        "with the no-carry sum | mean π at the fork | forks with 0.25 ≤ π < 0.75 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, steps in scan.items():
         for step, r in sorted(steps.items(), key=lambda kv: int(kv[0])):
             lines.append(
                 f"| {name} | {step} | {r['accuracy']:.3f} | {r['accuracy_without_carry']:.3f} | "
-                f"{r['accuracy_with_carry']:.3f} | {r['no_carry_answers_of_carry_sums']:.3f} |"
+                f"{r['accuracy_with_carry']:.3f} | {r['no_carry_answers_of_carry_sums']:.3f} | "
+                f"{r['p_true_at_fork']:.3f} | {r['fork_share_0.25_0.75']:.3f} |"
             )
     share = next(iter(next(iter(scan.values())).values()))["share_with_carry"]
     lines += ["", f"Carry sums are {share:.1%} of the held-out set."]
