@@ -99,12 +99,11 @@ def p_true_at_fork(
     return out
 
 
-def scan(sft: Path, task_kwargs: dict, done: dict[str, dict], n: int = 400) -> dict[str, dict]:
-    """{step: numbers} for every checkpoint-<step> of the SFT run `sft` not already in `done`:
-    greedy answers on `n` held-out sums (test split, seed 0: seed 0's GRPO evaluation set), the
-    share correct overall, on sums with and without a carry (a carry sum's true and no-carry sums
-    differ), the share of carry sums answered with the no-carry sum, and the probability of the
-    true digit where the two answers fork (p_true_at_fork)."""
+def measure(ckpt: Path, task_kwargs: dict, seed: int = 0, n: int = 400) -> dict[str, float]:
+    """Greedy answers of `ckpt` on `n` held-out sums (test split, `seed`: that seed's GRPO
+    evaluation set): the share correct overall and on sums with and without a carry (a carry
+    sum's true and no-carry sums differ), the share of carry sums answered with the no-carry sum,
+    and the probability of the true digit where the two answers fork (p_true_at_fork)."""
     import torch
 
     from pmalopti.runtime.hf import load_model, load_tokenizer
@@ -112,32 +111,37 @@ def scan(sft: Path, task_kwargs: dict, done: dict[str, dict], n: int = 400) -> d
 
     torch.set_num_threads(1)
     task = get_task("arithmetic", **task_kwargs)
-    rows = task.samples("test", n=n, seed=0)
+    rows = task.samples("test", n=n, seed=seed)
     nc = [str(no_carry_sum(r["a"], r["b"]))[::-1] for r in rows]
     carry = [i for i, r in enumerate(rows) if nc[i] != task.expected(r)]
     plain = [i for i in range(n) if i not in set(carry)]
+    model, tok = load_model(ckpt), load_tokenizer(ckpt)
+    outs = _greedy(model, tok, [task.prompt(r) for r in rows],
+                   max_new_tokens=int(task_kwargs.get("max_digits", 3)) + 3)  # fmt: skip
+    ok = [task.reward(o, r) == 1.0 for o, r in zip(outs, rows, strict=True)]
+    pt = p_true_at_fork(model, tok, [task.prompt(rows[i]) for i in carry],
+                        [task.expected(rows[i]) for i in carry], [nc[i] for i in carry])  # fmt: skip
+    return {
+        "accuracy": sum(ok) / n,
+        "accuracy_with_carry": sum(ok[i] for i in carry) / len(carry),
+        "accuracy_without_carry": sum(ok[i] for i in plain) / len(plain),
+        "no_carry_answers_of_carry_sums": sum(outs[i] == nc[i] for i in carry) / len(carry),
+        "share_with_carry": len(carry) / n,
+        # the first digit a carry changes: mean π(true digit), share with 0.25 <= π < 0.75
+        "p_true_at_fork": sum(pt) / len(pt),
+        "fork_share_0.25_0.75": sum(0.25 <= x < 0.75 for x in pt) / len(pt),
+    }
+
+
+def scan(sft: Path, task_kwargs: dict, done: dict[str, dict]) -> dict[str, dict]:
+    """{step: measure(...)} on seed 0's held-out sums for every checkpoint-<step> of the SFT run
+    `sft` not already in `done`."""
     res = dict(done)
     for ck in sorted(sft.glob("checkpoint-*"), key=lambda c: int(c.name.split("-")[1])):
         step = ck.name.split("-")[1]
-        if step in res:
-            continue
-        model, tok = load_model(ck), load_tokenizer(ck)
-        outs = _greedy(model, tok, [task.prompt(r) for r in rows],
-                       max_new_tokens=int(task_kwargs.get("max_digits", 3)) + 3)  # fmt: skip
-        ok = [task.reward(o, r) == 1.0 for o, r in zip(outs, rows, strict=True)]
-        pt = p_true_at_fork(model, tok, [task.prompt(rows[i]) for i in carry],
-                            [task.expected(rows[i]) for i in carry], [nc[i] for i in carry])  # fmt: skip
-        res[step] = {
-            "accuracy": sum(ok) / n,
-            "accuracy_with_carry": sum(ok[i] for i in carry) / len(carry),
-            "accuracy_without_carry": sum(ok[i] for i in plain) / len(plain),
-            "no_carry_answers_of_carry_sums": sum(outs[i] == nc[i] for i in carry) / len(carry),
-            "share_with_carry": len(carry) / n,
-            # the first digit a carry changes: mean π(true digit), share with 0.25 <= π < 0.75
-            "p_true_at_fork": sum(pt) / len(pt),
-            "fork_share_0.25_0.75": sum(0.25 <= x < 0.75 for x in pt) / len(pt),
-        }
-        print(f"{sft.name} {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in res[step].items()))
+        if step not in res:
+            res[step] = measure(ck, task_kwargs)
+            print(f"{sft.name} {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in res[step].items()))
     return res
 
 
@@ -173,4 +177,35 @@ def scan_table(scan: dict) -> str:
             )
     share = next(iter(next(iter(scan.values())).values()))["share_with_carry"]
     lines += ["", f"Carry sums are {share:.1%} of the held-out set."]
+    return "\n".join(lines) + "\n"
+
+
+FORK_COLUMNS = {
+    "accuracy": "accuracy",
+    "accuracy_with_carry": "carry sums",
+    "no_carry_answers_of_carry_sums": "carry sums answered with the no-carry sum",
+    "p_true_at_fork": "mean π at the fork",
+    "fork_share_0.25_0.75": "forks with 0.25 ≤ π < 0.75",
+}
+
+
+def fork_table(fork: dict, names: dict[str, str]) -> str:
+    """run.py --stage fork (fork.json): the start model and each variant's final model at the
+    digits a carry changes, start → final, mean over seeds."""
+    lines = [
+        "**At the digits a carry changes** (run.py `--stage fork`: each seed's 400 held-out sums, "
+        "start model → the run's final model, mean over seeds; columns as in the SFT-checkpoint "
+        "table)",
+        "",
+        "| variant | seeds | " + " | ".join(FORK_COLUMNS.values()) + " |",
+        "|---|---:|" + "---:|" * len(FORK_COLUMNS),
+    ]
+    for v, by_seed in fork.items():
+        runs = list(by_seed.values())
+        cells = []
+        for k in FORK_COLUMNS:
+            a = sum(r["start"][k] for r in runs) / len(runs)
+            b = sum(r["final"][k] for r in runs) / len(runs)
+            cells.append(f"{a:.3f} → {b:.3f}")
+        lines.append(f"| {names.get(v, v)} | {len(runs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

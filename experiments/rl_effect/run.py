@@ -38,7 +38,7 @@ import sys
 import time
 from pathlib import Path
 
-from carry import pick_start, scan, write_corpus  # experiments/rl_effect/carry.py
+from carry import measure, pick_start, scan, write_corpus  # experiments/rl_effect/carry.py
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -219,6 +219,30 @@ def stage_scan(runs: Path) -> dict[str, dict]:
     return every[key]
 
 
+def stage_fork(runs: Path, seeds: list[int], variants: list[str]) -> None:
+    """carry.measure of the start model and of each finished main run's final checkpoint, on that
+    seed's held-out sums -> RUNS/fork.json {variant: {seed: {"start": .., "final": ..}}}: what
+    GRPO did at the digits a carry changes (the report copies it beside this file)."""
+    from pmalopti.runtime.fs import atomic_write_json
+
+    path, base = runs / "fork.json", stage_base(runs)
+    res = json.loads(path.read_text()) if path.exists() else {}
+    start: dict[int, dict] = {}
+    for v in variants:
+        for seed in seeds:
+            run = run_dir(runs, "main", v, seed)
+            ckpt = run / f"checkpoint-{steps_of('main')}"
+            if str(seed) in res.get(v, {}) or not ckpt.is_dir():
+                continue
+            if seed not in start:
+                start[seed] = measure(base, TASK, seed)
+            final = measure(ckpt, TASK, seed)
+            res.setdefault(v, {})[str(seed)] = {"start": start[seed], "final": final}
+            print(f"fork {v} s{seed}: p_true_at_fork {start[seed]['p_true_at_fork']:.3f} -> "
+                  f"{final['p_true_at_fork']:.3f}", flush=True)  # fmt: skip
+            atomic_write_json(path, res)
+
+
 # --- 3. the GRPO runs ---------------------------------------------------------------------------
 
 
@@ -309,7 +333,7 @@ def _reap(running):
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument(
-        "--stage", choices=["all", "data", "base", "scan", "grpo", "report"], default="all"
+        "--stage", choices=["all", "data", "base", "scan", "grpo", "fork", "report"], default="all"
     )
     ap.add_argument("--runs", default=str(ROOT / "runs" / "rl_effect"), help="work folder")
     ap.add_argument("--setting", choices=list(SETTINGS), default="main")
@@ -343,10 +367,12 @@ def main(argv: list[str] | None = None) -> int:
         stage_data(runs)
     if a.stage in ("all", "base"):
         stage_base(runs)
-    if a.stage == "scan":
+    if a.stage in ("all", "scan"):
         stage_scan(runs)
     if a.stage in ("all", "grpo"):
         stage_grpo(runs, a.setting, a.seeds, a.variants, a.parallel)
+    if a.stage in ("all", "fork"):
+        stage_fork(runs, a.seeds, a.variants)
     if a.stage in ("all", "report"):
         from summarize import write_report  # experiments/rl_effect/summarize.py
 

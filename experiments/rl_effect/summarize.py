@@ -15,7 +15,7 @@ import statistics
 from collections.abc import Callable
 from pathlib import Path
 
-from carry import scan_table
+from carry import fork_table, scan_table
 from figures import BUCKET_NAMES, BUCKETS, NAMES, _mean, figures  # experiments/rl_effect/
 
 KEEP = ("step", "accuracy", "reward/mean", "response_length/mean", "actor/grad_norm", "time/step")
@@ -362,8 +362,9 @@ def write_report(
 
     if (runs / "grpo").is_dir():
         copy_logs(runs, out)
-    if (runs / "sft_scan.json").is_file():  # run.py --stage scan
-        atomic_write_text(out / "sft_scan.json", (runs / "sft_scan.json").read_text())
+    for name in ("sft_scan.json", "fork.json"):  # run.py --stage scan / --stage fork
+        if (runs / name).is_file():
+            atomic_write_text(out / name, (runs / name).read_text())
     res = summarize(read_logs(out), settings, variants, steps_of)
     search = {k: v for k, v in res.items() if k != "main"}
     if search:
@@ -374,6 +375,8 @@ def write_report(
     main = res["main"]
     atomic_write_json(out / "summary.json", main)
     md = tables(main, search, abbreviations)
+    if (out / "fork.json").exists():
+        md += "\n" + fork_table(json.loads((out / "fork.json").read_text()), NAMES)
     if (out / "sft_scan.json").exists():
         md += "\n" + scan_table(json.loads((out / "sft_scan.json").read_text()))
     title = "# experiments/rl_effect: results (written by summarize.py from logs/)\n\n"
