@@ -1,5 +1,6 @@
-"""The figures of experiments/rl_effect: held-out accuracy and reward curves, and the paper's
-Fig. 1 (share of tokens and of gradient norm per π_old bucket), from summarize.py's summary."""
+"""The curves of experiments/rl_effect, from summarize.py's summary: held-out accuracy and reward
+curves and the paper's Fig. 1 (share of tokens and of gradient norm per π_old bucket) as figures,
+and the held-out accuracy at every evaluation step as a table."""
 
 from __future__ import annotations
 
@@ -63,3 +64,30 @@ def figures(main: dict, out: Path) -> list[str]:
         paths.append(str(save_figure(fig, out / "token_prob_buckets.png")))
     plt.close("all")
     return paths
+
+
+def curve_table(vs: dict) -> str:
+    """Held-out accuracy at every evaluation step: GRPO's mean ± std, and each other variant's
+    paired difference with GRPO (same seed), mean ± std -- speed of learning, not only its end."""
+    base = {x["seed"]: dict(x["eval_curve"]) for x in vs["grpo"]["seeds"]}
+    steps = [st for st, _ in vs["grpo"]["seeds"][0]["eval_curve"]]
+    lines = [
+        "**Held-out accuracy along training** (GRPO: mean ± std over seeds; the others: minus "
+        "GRPO's of the same seed, mean ± std)",
+        "",
+        "| variant | " + " | ".join(f"step {st}" for st in steps) + " |",
+        "|---|" + "---:|" * len(steps),
+    ]
+    for v, s in vs.items():
+        cells = []
+        for st in steps:
+            if v == "grpo":
+                xs = [c[st] for c in base.values()]
+            else:
+                xs = [dict(x["eval_curve"])[st] - base[x["seed"]][st] for x in s["seeds"]
+                      if x["seed"] in base]  # fmt: skip
+            m = _mean(xs)
+            sd = (sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5 if len(xs) > 1 else 0.0
+            cells.append(f"{m:.3f} ± {sd:.3f}" if v == "grpo" else f"{m:+.3f} ± {sd:.3f}")
+        lines.append(f"| {NAMES[v]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,10 +1,9 @@
 """Tables, figures and summary.json of experiments/rl_effect from the GRPO run logs.
 
 The logs are copied (trimmed to the keys used here) from the run folders into logs/, so the report
-can be rebuilt from committed files: `python experiments/rl_effect/run.py --stage report`.
-Every number in README.md's results section is written here from those logs, and
-docs/experiments.md's `gen:rl_effect` block is rendered from summary.json by docs/build_readme.py;
-none is typed by hand.
+can be rebuilt from committed files (`run.py --stage report`). Every number in README.md's results
+section is written here from them; docs/experiments.md's `gen:rl_effect` block is rendered from
+summary.json by docs/build_readme.py; none is typed by hand.
 """
 
 from __future__ import annotations
@@ -16,7 +15,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from carry import fork_table, scan_table
-from figures import BUCKET_NAMES, BUCKETS, NAMES, _mean, figures  # experiments/rl_effect/
+from figures import (
+    BUCKET_NAMES,
+    BUCKETS,
+    NAMES,
+    _mean,
+    curve_table,
+    figures,
+)  # experiments/rl_effect/
 
 KEEP = ("step", "accuracy", "reward/mean", "response_length/mean", "actor/grad_norm", "time/step")
 KEEP_PREFIX = ("eval/", "diag/", "lopti/", "actor/entropy")
@@ -223,7 +229,7 @@ def tables(main: dict, search: dict, abbreviations: dict[str, list[str]] | None 
             lines.append(
                 f"| {NAMES[v]} | {d['mean']:+.3f} ± {d['std']:.3f} | {d['wins']} / {d['losses']} of {d['n']} |"
             )
-    lines += ["", *verdicts(vs)]
+    lines += ["", *verdicts(vs), "", curve_table(vs).rstrip()]
     seeds = sorted({x["seed"] for s in vs.values() for x in s["seeds"]})
     lines += [
         "",
