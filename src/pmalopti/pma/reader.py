@@ -5,6 +5,8 @@ A checkpoint is a Hugging Face model folder (`model.safetensors`, shards + index
 opened; tensor data is read only when asked for, one tensor at a time, so memory does not
 depend on how many checkpoints are open. `.bin` files have no header: they are opened with
 `torch.load(weights_only=True, mmap=True)`, one file per checkpoint at a time (slower).
+Safetensors are read as raw bytes (`read_bytes`, numpy, no torch); `read`/`read_into` give torch
+tensors and import torch on first use.
 """
 
 from __future__ import annotations
@@ -13,14 +15,15 @@ import math
 import os
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+import numpy as np
 
 from pmalopti.pma.safetensors_format import (
     SafetensorsError,
     StoredTensor,
     TensorSpec,
+    dtype_of,
     pread_into,
     read_header,
 )
@@ -32,9 +35,14 @@ ST_SINGLE = "model.safetensors"
 BIN_INDEX = "pytorch_model.bin.index.json"
 BIN_SINGLE = "pytorch_model.bin"
 
+if TYPE_CHECKING:
+    import torch
+
 
 def _load_bin(path: Path) -> dict[str, torch.Tensor]:
     """A `pytorch_model*.bin` state dict, never unpickling anything but tensors."""
+    import torch
+
     try:
         try:
             sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -141,7 +149,7 @@ class CheckpointReader:
             for name, t in sd.items():
                 if name in self.specs:
                     raise ValueError(f"checkpoint {self.path}: tensor {name!r} is stored twice")
-                self.specs[name] = TensorSpec(name, tuple(t.shape), t.dtype)
+                self.specs[name] = TensorSpec(name, tuple(t.shape), dtype_of(t.dtype))
                 self._bin_files[name] = f
             del sd
 
@@ -150,25 +158,38 @@ class CheckpointReader:
         return sum(s.nbytes for s in self.specs.values())
 
     def read(self, name: str) -> torch.Tensor:
-        """One whole tensor, in fresh memory."""
+        """One whole tensor, in fresh memory (a torch tensor)."""
+        import torch
+
         spec = self._spec(name)
         buf = torch.empty(spec.nbytes, dtype=torch.uint8)  # (bytes,)
         return self.read_into(name, 0, math.prod(spec.shape), buf).reshape(spec.shape)
 
     def read_into(self, name: str, start: int, count: int, buf: torch.Tensor) -> torch.Tensor:
-        """Elements [start, start + count) of the flattened tensor, read into the uint8 `buf`.
+        """Elements [start, start + count) of the flattened tensor, read into the uint8 torch
+        tensor `buf`; a 1-D view of `buf` in the tensor's dtype."""
+        dtype = self._spec(name).dtype.torch
+        out = buf[: count * dtype.itemsize]
+        self.read_bytes(name, start, count, out.numpy())
+        return out.view(dtype)
 
-        Returns a 1-D view of `buf` in the tensor's dtype. Reading a tensor in fixed-size
-        pieces into reused buffers keeps memory flat whatever the tensor and checkpoint sizes.
+    def read_bytes(self, name: str, start: int, count: int, buf: np.ndarray) -> np.ndarray:
+        """The bytes of elements [start, start + count) of the flattened tensor, read into the
+        uint8 array `buf`; returns the filled front of `buf`.
+
+        Reading a tensor in pieces into reused buffers keeps memory flat whatever the tensor
+        and checkpoint sizes; safetensors are read with `pread` (nothing stays mapped).
         """
         spec = self._spec(name)
         size = spec.dtype.itemsize
         out = buf[: count * size]
         if self.format == "bin":
+            import torch
+
             with self._lock:
                 src = self._bin_tensor(name).reshape(-1)[start : start + count]
-                out.view(spec.dtype).copy_(src)
-            return out.view(spec.dtype)
+                torch.from_numpy(out).view(src.dtype).copy_(src)
+            return out
         st = self._stored[name]
         with self._lock:
             fd = self._fds.get(st.file)
@@ -178,10 +199,10 @@ class CheckpointReader:
         if self.read_ahead:
             self._advise(st.file, fd, st.offset + start * size, len(out))
         try:
-            pread_into(fd, st.offset + start * size, memoryview(out.numpy()), what)
+            pread_into(fd, st.offset + start * size, memoryview(out), what)
         except SafetensorsError as exc:
             raise ValueError(str(exc)) from exc
-        return out.view(spec.dtype)
+        return out
 
     def _advise(self, file: Path, fd: int, offset: int, length: int) -> None:
         """Prefetch up to `read_ahead` bytes past this read, once per range (a hint only)."""

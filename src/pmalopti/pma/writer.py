@@ -2,7 +2,8 @@
 
 `write_hf_checkpoint` is the one-call form (used by training callbacks); `plan_shards` and
 `ShardedWriter` are the streaming pieces the merge drives piece by piece: each shard's header is
-laid out from the tensor specs before its first byte, so data is appended as it is computed.
+laid out from the tensor specs before its first byte, so data is appended as it is computed
+(torch tensors, or raw bytes with `write_bytes`: the streaming merge never imports torch).
 Everything is written into a temporary folder that is renamed into place when complete.
 """
 
@@ -14,11 +15,15 @@ import os
 import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from pmalopti.pma.safetensors_format import TensorSpec, header_bytes, tensor_bytes
+from pmalopti.pma.safetensors_format import (
+    DType,
+    TensorSpec,
+    dtype_of,
+    header_bytes,
+    tensor_bytes,
+)
 from pmalopti.runtime.fs import atomic_dir, atomic_write_json
 from pmalopti.runtime.inputs import check_inside
 
@@ -40,9 +45,12 @@ COPY_PATTERNS = (
     "*.py",
 )
 
+if TYPE_CHECKING:
+    import torch
+
 
 def spec_of(name: str, t: torch.Tensor) -> TensorSpec:
-    return TensorSpec(name, tuple(t.shape), t.dtype)
+    return TensorSpec(name, tuple(t.shape), dtype_of(t.dtype))
 
 
 def plan_shards(specs: Iterable[TensorSpec], shard_size: int) -> list[list[TensorSpec]]:
@@ -72,7 +80,8 @@ def shard_names(n: int) -> list[str]:
 class ShardWriter:
     """Writes one safetensors file whose layout is fixed up front; tensors arrive in order.
 
-    `write` takes a whole tensor; `write_part` takes consecutive pieces of the flattened tensor.
+    `write` takes a whole tensor; `write_part` takes consecutive pieces of the flattened tensor;
+    `write_bytes` takes such a piece as raw bytes.
     """
 
     def __init__(self, path: Path, specs: list[TensorSpec]):
@@ -87,7 +96,7 @@ class ShardWriter:
     def complete(self) -> bool:
         return self._next == len(self.specs)
 
-    def _current(self, name: str, dtype: torch.dtype) -> TensorSpec:
+    def _current(self, name: str, dtype: DType) -> TensorSpec:
         if self.complete:
             raise ValueError(f"{self.path.name}: unexpected extra tensor {name!r}")
         spec = self.specs[self._next]
@@ -99,7 +108,7 @@ class ShardWriter:
         return spec
 
     def write(self, name: str, t: torch.Tensor) -> None:
-        spec = self._current(name, t.dtype)
+        spec = self._current(name, dtype_of(t.dtype))
         if tuple(t.shape) != spec.shape or self._done_bytes:
             raise ValueError(
                 f"{self.path.name}: tensor {name!r} has shape {list(t.shape)}, expected "
@@ -108,8 +117,12 @@ class ShardWriter:
         self.write_part(name, t)
 
     def write_part(self, name: str, part: torch.Tensor) -> None:
-        spec = self._current(name, part.dtype)
-        data = tensor_bytes(part)
+        self.write_bytes(name, dtype_of(part.dtype), tensor_bytes(part))
+
+    def write_bytes(self, name: str, dtype: DType, data: memoryview) -> None:
+        """The next piece of tensor `name` as raw little-endian bytes of `dtype`."""
+        spec = self._current(name, dtype)
+        data = memoryview(data).cast("B")
         if self._done_bytes + len(data) > spec.nbytes:
             raise ValueError(f"{self.path.name}: more data than tensor {name!r} holds")
         self._f.write(data)
@@ -148,6 +161,9 @@ class ShardedWriter:
     def write_part(self, name: str, part: torch.Tensor) -> None:
         self._writer().write_part(name, part)
 
+    def write_bytes(self, name: str, dtype: DType, data: memoryview) -> None:
+        self._writer().write_bytes(name, dtype, data)
+
     def close(self) -> None:
         """Finish the last shard and write the index; raises if anything was left unwritten."""
         self._writer().close()
@@ -167,7 +183,7 @@ def write_index(out_dir: Path, shards: list[list[TensorSpec]], names: list[str])
     )
 
 
-def copy_model_files(source_dir: Path, out_dir: Path, *, dtype: torch.dtype | None = None) -> None:
+def copy_model_files(source_dir: Path, out_dir: Path, *, dtype: Any = None) -> None:
     """Copy config / generation config / tokenizer files; record `dtype` in config.json if given."""
     source_dir, out_dir = Path(source_dir), Path(out_dir)
     for f in sorted(source_dir.iterdir()):
@@ -192,6 +208,8 @@ def _buffered_shards(
     tensors: Iterable[tuple[str, torch.Tensor]], shard_size: int
 ) -> Iterable[list[tuple[str, torch.Tensor]]]:
     """Group (name, tensor) pairs into shards without knowing the total in advance."""
+    import torch
+
     if shard_size <= 0:
         raise ValueError(f"shard_size must be positive, got {shard_size}")
     group: list[tuple[str, torch.Tensor]] = []
