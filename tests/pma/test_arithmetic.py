@@ -9,7 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from pmalopti.pma.arithmetic import count_overflow, fold, fold_np, narrow, widen
+from pmalopti.pma import merge_loop
+from pmalopti.pma.arithmetic import count_overflow, fold, round_into, weighted_sum
 from pmalopti.pma.in_memory import merged_state_dict
 from pmalopti.pma.streaming import merge_checkpoints
 
@@ -25,26 +26,42 @@ def awkward_floats(n: int, seed: int) -> torch.Tensor:
     limits = [0.0, -0.0, 1e-40, -1e-45, 6e-8, 3e-5, 65504.0, 65519.0, 65520.0, -7e4, 3.3e38]
     ties = [1.0 + 2**-8, 1.0 + 3 * 2**-8, 1.0 + 2**-11, -(1 + 2**-9)]
     special = torch.tensor([*limits, -3.4e38, float("inf"), float("-inf"), *ties])
-    x[: len(special)] = special
+    x[: len(special)] = special[:n]
     x[len(special) :: 7] = (bits[len(special) :: 7] - 2**30).to(torch.int32).view(torch.float32)
     x[5::97] = float("nan")
     return x
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
-def test_widening_gives_torchs_float32_bits(dtype):
-    x = awkward_floats(1001, 0).to(dtype)  # (1001,) odd length
-    raw = x.view(torch.uint8).numpy()
-    ours = widen(raw, CODES[dtype], np.empty(1001, np.uint32))
-    theirs = x.float()
-    assert np.array_equal(ours.view(np.uint32), theirs.view(torch.int32).numpy().view(np.uint32))
+def numpy_sum(xs, ws, k):
+    """weighted_sum over torch tensors' bytes; returns the float32 sums (k,) in element order
+    and the split-layout array itself."""
+    acc = np.empty(k, np.float32)
+    inputs = [(x.view(torch.uint8).numpy(), CODES[x.dtype]) for x in xs]
+    weighted_sum(acc, inputs, [np.float32(w) for w in ws], np.empty(k, np.uint32))
+    even = (k + 1) // 2
+    ordered = np.empty(k, np.float32)
+    ordered[0::2], ordered[1::2] = acc[:even], acc[even:]
+    return ordered, acc
 
 
+@pytest.mark.parametrize("k", [1001, 1000, 1, 0])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
-def test_rounding_gives_torchs_bits_and_keeps_nan_a_nan(dtype):
-    x = awkward_floats(3001, 1)  # (3001,) float32
-    out = np.empty(3001 * dtype.itemsize, np.uint8)
-    narrow(x.numpy(), CODES[dtype], out, np.empty(3001, np.uint32))
+def test_one_input_widens_to_torchs_float32_bits(dtype, k):
+    x = awkward_floats(k, 0).to(dtype)  # (k,)
+    ordered, _ = numpy_sum([x], [1.0], k)
+    theirs = x.float().numpy()
+    nan = np.isnan(theirs)  # x * 1 keeps every value but may quiet a NaN
+    assert np.array_equal(np.isnan(ordered), nan)
+    assert np.array_equal(ordered[~nan].view(np.uint32), theirs[~nan].view(np.uint32))
+
+
+@pytest.mark.parametrize("k", [3001, 3000, 1])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_rounding_gives_torchs_bits_and_keeps_nan_a_nan(dtype, k):
+    x = awkward_floats(k, 1)  # (k,) float32
+    _, split = numpy_sum([x], [1.0], k)
+    out = np.empty(k * dtype.itemsize, np.uint8)
+    round_into(split, CODES[dtype], out, np.empty(k, np.uint32))
     ours = torch.from_numpy(out).view(dtype)
     theirs = x.to(dtype)
     nan = torch.isnan(theirs)
@@ -53,17 +70,22 @@ def test_rounding_gives_torchs_bits_and_keeps_nan_a_nan(dtype):
     assert torch.equal(mine, want)
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
-def test_the_numpy_fold_equals_the_torch_fold_and_the_exact_definition(dtype):
+@pytest.mark.parametrize("k", [5003, 5002])
+@pytest.mark.parametrize(
+    "dtypes",
+    [
+        [torch.bfloat16] * 7,
+        [torch.float16] * 7,
+        [torch.float32] * 7,
+        [torch.float32, torch.bfloat16, torch.float16] * 2 + [torch.bfloat16],
+    ],
+)
+def test_the_numpy_fold_equals_the_torch_fold_and_the_exact_definition(dtypes, k):
     """acc = fl(w1 x1); acc = fl(acc + fl(wi xi)): numpy, torch and a float64 emulation (the
     product of two float32 is exact in float64, so rounding it once is fl) agree bit for bit."""
-    n, k = 7, 5003
-    xs = [awkward_floats(k, 10 + i).to(dtype) for i in range(n)]
+    xs = [awkward_floats(k, 10 + i).to(d) for i, d in enumerate(dtypes)]
     ws = [0.3, -1 / 3, 0.1, 1e-3, 2.5, 1 / 7, 0.0625]
-    acc_np = np.empty(k, np.float32)
-    for i, (x, w) in enumerate(zip(xs, ws, strict=True)):
-        x32 = widen(x.view(torch.uint8).numpy().copy(), CODES[dtype], np.empty(k, np.uint32))
-        fold_np(acc_np, x32, np.float32(w), first=i == 0, scratch=x32)
+    acc_np, _ = numpy_sum(xs, ws, k)
     acc_t = torch.empty(k)
     for i, (x, w) in enumerate(zip(xs, ws, strict=True)):
         fold(acc_t, x.float().clone(), w, first=i == 0, scratch=True)
@@ -82,11 +104,10 @@ def test_a_fused_multiply_add_would_differ_so_the_definition_matters():
     """The case the definition settles: fma(w, x, acc) != fl(acc + fl(w x)) here."""
     w, x, acc = np.float32(1 + 2**-12), np.float32(1 + 2**-12), np.float32(-(1 + 2**-11))
     fused = np.float32(np.float64(w) * np.float64(x) + np.float64(acc))  # exact, rounded once
-    a = np.array([acc], np.float32)
-    fold_np(a, np.array([x], np.float32), w, first=False, scratch=np.empty(1, np.float32))
+    ours, _ = numpy_sum([torch.tensor([acc.item()]), torch.tensor([x.item()])], [1.0, float(w)], 1)
     t = torch.tensor([acc.item()])
     fold(t, torch.tensor([x.item()]), float(w), first=False)
-    assert a[0] == t.item() == 0.0 and fused == 2.0**-24
+    assert ours[0] == t.item() == 0.0 and fused == 2.0**-24
 
 
 def test_overflow_counts_values_that_round_to_inf_in_the_output_dtype():
@@ -104,10 +125,13 @@ def save(folder, tensors):
     return folder
 
 
-@pytest.mark.parametrize("chunk", [4096, 4 << 20])  # many pieces; two blocks in one
+@pytest.mark.parametrize("chunk", [4096, 4 << 20])  # many pieces; many blocks in one
 @pytest.mark.parametrize("out", [None, "bf16", "fp16", "fp32"])
-def test_the_streamed_numpy_merge_equals_the_torch_merge_bit_for_bit(tmp_path, out, chunk):
-    """Mixed bf16/fp16/fp32 inputs, odd shapes, a tensor longer than one block (65536)."""
+def test_the_streamed_numpy_merge_equals_the_torch_merge_bit_for_bit(
+    tmp_path, monkeypatch, out, chunk
+):
+    """Mixed bf16/fp16/fp32 inputs, odd shapes, tensors of many blocks and odd last blocks."""
+    monkeypatch.setattr(merge_loop, "BLOCK", 1000)
     g = torch.Generator().manual_seed(0)
     shapes = {"big": (257, 301), "odd": (3, 5, 7), "one": (1,), "empty": (0, 4)}
     dtypes = [torch.bfloat16, torch.float32, torch.float16, torch.bfloat16]

@@ -8,13 +8,20 @@ in IEEE float32, where x_i is input i widened exactly to float32 (bf16 and fp16 
 and w_i is the weight rounded to float32. The product is rounded before the add: there is no
 fused multiply-add, which numpy lacks and which torch's `acc.add_(x, alpha=w)` uses in its
 vectorised loop only. The sum is then rounded once to the output dtype, to nearest even.
-So the torch-free streaming merge (numpy: `widen`, `fold_np`, `narrow`) and the torch paths
+So the torch-free streaming merge (numpy: `weighted_sum`, `round_into`) and the torch paths
 (in-memory, online averager, DCP: `fold`, then `.to(dtype)`) give the same bits
 (tests/pma/test_arithmetic.py).
+
+numpy works on a block of k elements in the *split* layout: the sums of the even elements
+(0, 2, 4, ...) first, then those of the odd ones. A bf16 pair read as one uint32 then widens with
+one shift (the even element) and one mask (the odd one), without a converting copy; the layout
+is undone when the block is rounded into the output. Every element gets the same operations in
+either layout, so the bits do not depend on it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -30,74 +37,95 @@ OVERFLOW = {
     "F32": float("inf"),
     "F64": float("inf"),
 }
+_16, _ONE, _HALF = np.uint32(16), np.uint32(1), np.uint32(0x7FFF)
+_HIGH = np.uint32(0xFFFF0000)
 
 
-_SIXTEEN = np.uint32(16)
-
-
-def widen(raw: np.ndarray, code: str, scratch: np.ndarray) -> np.ndarray:
-    """The float32 values of `raw` (uint8 bytes of dtype `code`), exactly; (k,) float32.
-
-    Uses the front of the uint32 `scratch` (at least k elements) unless `raw` is float32
-    already, in which case it is viewed, not copied.
-    """
+def _widen_into(u: np.ndarray, raw: np.ndarray, code: str) -> None:
+    """Input bytes `raw` (k elements of dtype `code`) as float32 bit patterns, split layout,
+    into the uint32 `u` (k,)."""
+    k = u.size
+    even = (k + 1) // 2
     x = raw.view(_VIEW[code])  # (k,)
-    if code == "F32":
-        return x
-    out = scratch[: x.size]
-    if code == "BF16":
-        # bf16 is the top half of a float32: shift its 16 bits into place (exact); a plain
-        # widening copy, then an in-place shift, is faster than one casting shift
-        np.copyto(out, x)
-        np.left_shift(out, _SIXTEEN, out=out)
-    else:
-        np.copyto(out.view(np.float32), x, casting="unsafe")  # fp16 exact; f64 rounds to nearest
-    return out.view(np.float32)
-
-
-def fold_np(
-    acc: np.ndarray, x: np.ndarray, w: np.float32, *, first: bool, scratch: np.ndarray
-) -> None:
-    """acc = fl(w * x) when `first`, else acc = fl(acc + fl(w * x)); all (k,) float32.
-
-    `scratch` (float32, >= k) holds the product; it may be `x` itself.
-    """
-    if first:
-        np.multiply(x, w, out=acc)
+    if code != "BF16":
+        f = u.view(np.float32)
+        np.copyto(f[:even], x[0::2], casting="unsafe")  # fp16 exact; f64 to nearest
+        np.copyto(f[even:], x[1::2], casting="unsafe")
         return
-    y = scratch[: x.size]
-    np.multiply(x, w, out=y)
-    np.add(acc, y, out=acc)
+    pairs = k // 2
+    v = raw[: 4 * pairs].view(np.uint32)  # (pairs,): element 2j low, 2j + 1 high
+    np.left_shift(v, _16, out=u[:pairs])  # even elements: bf16 is a float32's top half
+    np.bitwise_and(v, _HIGH, out=u[even:])  # odd elements: already in the top half
+    if k % 2:
+        np.left_shift(x[k - 1 :], _16, out=u[pairs:even], dtype=np.uint32)
 
 
-def narrow(
+def weighted_sum(
+    acc: np.ndarray,
+    inputs: Sequence[tuple[np.ndarray, str]],
+    ws: Sequence[np.float32],
+    scratch: np.ndarray,
+) -> None:
+    """acc = fl(w_1 x_1), then acc = fl(acc + fl(w_i x_i)), over `inputs` = (bytes, dtype
+    code) of the same k elements; acc (k,) float32 ends in the split layout.
+
+    `scratch`: a uint32 array of at least k elements. The products overwrite it, never the
+    inputs (they may be read-only views of mapped files).
+    """
+    k = acc.size
+    u = scratch[:k]
+    f = u.view(np.float32)  # (k,) the widened input, then its product
+    for i, ((raw, code), w) in enumerate(zip(inputs, ws, strict=True)):
+        if code == "F32":  # no widening: multiply straight from the input, split by slicing
+            even = (k + 1) // 2
+            x = raw.view(np.float32)
+            np.multiply(x[0::2], w, out=acc[:even] if i == 0 else f[:even])
+            np.multiply(x[1::2], w, out=acc[even:] if i == 0 else f[even:])
+        else:
+            _widen_into(u, raw, code)
+            np.multiply(f, w, out=acc if i == 0 else f)
+        if i:
+            np.add(acc, f, out=acc)
+
+
+def round_into(
     acc: np.ndarray, code: str, out: np.ndarray, scratch: np.ndarray, *, finite: bool = False
 ) -> None:
-    """Round the float32 `acc` (k,) to dtype `code` into the uint8 bytes `out`, as torch's
-    `.to(dtype)` does: round to nearest even; a NaN stays a NaN (quiet, sign kept).
+    """Round the float32 sums `acc` (k,) in the split layout to dtype `code`, into the uint8
+    bytes `out` in element order, as torch's `.to(dtype)` does: to nearest even; a NaN stays
+    a NaN (quiet, sign kept).
 
-    `scratch` is a uint32 array of at least k elements; `finite`: the caller knows `acc` holds
-    no NaN (skips looking for one).
+    `scratch` is a uint32 array of at least k elements; `finite`: the caller knows `acc`
+    holds no NaN (skips looking for one).
     """
-    o = out.view(_VIEW[code])  # (k,)
+    k = acc.size
+    even, pairs = (k + 1) // 2, k // 2
+    o = out[: k * np.dtype(_VIEW[code]).itemsize].view(_VIEW[code])  # (k,)
     if code != "BF16":
-        np.copyto(o, acc, casting="unsafe")
+        np.copyto(o[0::2], acc[:even], casting="unsafe")
+        np.copyto(o[1::2], acc[even:], casting="unsafe")
         return
-    u = acc.view(np.uint32)
-    t = scratch[: acc.size]
-    # round to nearest even on the bit pattern: add 0x7FFF plus the lowest kept bit, drop 16 bits
-    np.right_shift(u, 16, out=t)
-    np.bitwise_and(t, 1, out=t)
-    np.add(t, 0x7FFF, out=t)
-    np.add(t, u, out=t)
-    np.right_shift(t, 16, out=t)
-    np.copyto(o, t, casting="unsafe")
+    a = acc.view(np.uint32)
+    t = scratch[:k]
+    # round to nearest even on the bit pattern: add 0x7FFF plus the lowest kept bit, keep the
+    # top 16 bits (low half of the pair for an even element, high half for an odd one)
+    np.right_shift(a, _16, out=t)
+    np.bitwise_and(t, _ONE, out=t)
+    np.add(t, _HALF, out=t)
+    np.add(t, a, out=t)
+    np.right_shift(t[:even], _16, out=t[:even])
+    np.bitwise_and(t[even:], _HIGH, out=t[even:])
+    np.bitwise_or(t[:pairs], t[even:], out=out[: 4 * pairs].view(np.uint32))
+    if k % 2:
+        o[k - 1] = t[even - 1]
     if finite:
         return
-    nan = acc != acc
+    nan = np.isnan(acc)
     if nan.any():
-        # rounding would carry a NaN's payload into the exponent (inf): keep it a quiet NaN
-        o[nan] = (u[nan] >> 16).astype(np.uint16) | 0x0040
+        # rounding carries a NaN's payload into the exponent (inf): keep it a quiet NaN
+        fix = (a >> _16).astype(np.uint16) | np.uint16(0x0040)  # (k,) split layout
+        o[0::2] = np.where(nan[:even], fix[:even], o[0::2])
+        o[1::2] = np.where(nan[even:], fix[even:], o[1::2])
 
 
 def count_overflow(acc: np.ndarray, code: str) -> int:

@@ -2,13 +2,14 @@
 
 Every tensor is cut into pieces whose N input byte ranges and output bytes together fill at most
 `chunk_bytes`.
-Worker threads each take a piece, `pread` it from the N inputs into their own buffer, and sum it
-in float32 with numpy (`pma.arithmetic`), `BLOCK` elements at a time so that the running sum
-and the product stay in the CPU cache while all N inputs are folded in; the calling thread
-appends finished pieces, in order, to the output shard. File reads, numpy loops and file writes
-release the GIL, so reading, summing and writing overlap on as many cores as there are workers.
-Memory is a read buffer of `chunk_bytes` and a few output pieces per worker, whatever N and the
-model size.
+Worker threads each take a piece, map it from the N input files (read-only, no copy; a `.bin`
+input is read into the worker's buffer instead) and sum it in float32 with numpy
+(`pma.arithmetic`), `BLOCK` elements at a time so that the running sums and the products stay
+in the CPU caches while all N inputs are folded in; the calling thread appends finished pieces,
+in order, to the output shard. Mapping, numpy loops and file writes release the GIL, so reading,
+summing and writing overlap on as many cores as there are workers. Memory is one piece of
+`chunk_bytes` mapped (or read) and a few output pieces per worker, whatever N and the model
+size: a piece is unmapped as soon as it is summed.
 """
 
 from __future__ import annotations
@@ -24,13 +25,14 @@ from typing import Any
 
 import numpy as np
 
-from pmalopti.pma.arithmetic import count_overflow, fold_np, narrow, widen
+from pmalopti.pma.arithmetic import count_overflow, round_into, weighted_sum
 from pmalopti.pma.reader import CheckpointReader
 from pmalopti.pma.safetensors_format import DType, TensorSpec
 from pmalopti.pma.writer import ShardedWriter
 
-BLOCK = 1 << 16
-"""elements summed at a time: a 256 KiB float32 sum and product stay in a core's L2 cache"""
+BLOCK = 1 << 18
+"""elements summed at a time: the float32 sums and products (1 MiB each) stay in the caches
+while all N inputs are folded in, and numpy's per-call cost is spread over many elements"""
 _ALIGN = 8  # each input's bytes start 8-byte aligned in the read buffer (views as float64 work)
 
 
@@ -84,7 +86,7 @@ def stream(
         raws, at = [], 0
         for r, d in zip(readers, dtypes, strict=True):
             size = count * d.itemsize
-            raws.append(r.read_bytes(spec.name, start, count, local.read[at : at + size]))
+            raws.append(r.map_bytes(spec.name, start, count, local.read[at : at + size]))
             at += -(-size // _ALIGN) * _ALIGN
         osize = spec.dtype.itemsize
         out = obuf[: count * osize]  # (count * itemsize,) bytes
@@ -101,19 +103,19 @@ def stream(
         code = spec.dtype.code
         for b in range(0, count, BLOCK):
             e = min(count, b + BLOCK)
-            acc = local.acc[: e - b]  # (e - b,) float32
-            for i, raw in enumerate(raws):
-                size = dtypes[i].itemsize
-                x = widen(raw[b * size : e * size], dtypes[i].code, local.bits)  # (e - b,)
-                # x is this piece's own read buffer or scratch: the product may overwrite it
-                fold_np(acc, x, w32[i], first=i == 0, scratch=x)
+            acc = local.acc[: e - b]  # (e - b,) float32 sums, split layout (pma.arithmetic)
+            blocks = [
+                (raw[b * d.itemsize : e * d.itemsize], d.code)
+                for raw, d in zip(raws, dtypes, strict=True)
+            ]
+            weighted_sum(acc, blocks, w32, local.bits)
             bad = count_overflow(acc, code)
             if bad:
                 raise ValueError(
                     f"merged tensor {spec.name!r} has {bad} non-finite values (inf/nan): an "
                     "input holds them, or the result overflows the output dtype (try --dtype fp32)"
                 )
-            narrow(acc, code, out[b * osize : e * osize], local.bits, finite=True)
+            round_into(acc, code, out[b * osize : e * osize], local.bits, finite=True)
         return out
 
     total = sum(r.nbytes for r in readers)

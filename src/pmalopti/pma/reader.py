@@ -12,6 +12,7 @@ tensors and import torch on first use.
 from __future__ import annotations
 
 import math
+import mmap
 import os
 import threading
 from pathlib import Path
@@ -37,6 +38,9 @@ BIN_SINGLE = "pytorch_model.bin"
 
 if TYPE_CHECKING:
     import torch
+
+# Map pieces with their pages already in place (one call, not a fault per page) where possible.
+_MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
 
 
 def _load_bin(path: Path) -> dict[str, torch.Tensor]:
@@ -191,10 +195,7 @@ class CheckpointReader:
                 torch.from_numpy(out).view(src.dtype).copy_(src)
             return out
         st = self._stored[name]
-        with self._lock:
-            fd = self._fds.get(st.file)
-            if fd is None:
-                fd = self._fds[st.file] = os.open(st.file, os.O_RDONLY)
+        fd = self._fd(st.file)
         what = f"checkpoint {self.path}: {st.file.name}: tensor {name!r}"
         if self.read_ahead:
             self._advise(st.file, fd, st.offset + start * size, len(out))
@@ -203,6 +204,39 @@ class CheckpointReader:
         except SafetensorsError as exc:
             raise ValueError(str(exc)) from exc
         return out
+
+    def map_bytes(self, name: str, start: int, count: int, buf: np.ndarray) -> np.ndarray:
+        """Like `read_bytes`, but a safetensors piece is a read-only view of the file mapped in
+        memory (no copy); the mapping lasts as long as the returned array (or a view of it).
+
+        A file that shrinks below the piece is an error, not a crash (checked before mapping).
+        """
+        if self.format == "bin":
+            return self.read_bytes(name, start, count, buf)
+        spec = self._spec(name)
+        st = self._stored[name]
+        fd = self._fd(st.file)
+        begin = st.offset + start * spec.dtype.itemsize
+        length = count * spec.dtype.itemsize
+        if length == 0:
+            return buf[:0]
+        if self.read_ahead:
+            self._advise(st.file, fd, begin, length)
+        if os.fstat(fd).st_size < begin + length:
+            raise ValueError(
+                f"checkpoint {self.path}: {st.file.name}: tensor {name!r}: file ended early "
+                "(truncated while reading)"
+            )
+        skip = begin % mmap.ALLOCATIONGRANULARITY
+        m = mmap.mmap(fd, skip + length, flags=_MAP_FLAGS, prot=mmap.PROT_READ, offset=begin - skip)
+        return np.frombuffer(m, dtype=np.uint8, count=length, offset=skip)
+
+    def _fd(self, file: Path) -> int:
+        with self._lock:
+            fd = self._fds.get(file)
+            if fd is None:
+                fd = self._fds[file] = os.open(file, os.O_RDONLY)
+        return fd
 
     def _advise(self, file: Path, fd: int, offset: int, length: int) -> None:
         """Prefetch up to `read_ahead` bytes past this read, once per range (a hint only)."""

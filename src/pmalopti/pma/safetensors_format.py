@@ -2,9 +2,11 @@
 
 A safetensors file is an 8-byte little-endian header length, a JSON header
 `{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}}`, then the bytes.
-We parse it ourselves (instead of `safe_open`) for two reasons: a memory-mapped file counts
-towards the process's resident memory once touched, so N open mmaps make peak RSS grow with N;
-and a truncated or corrupt file gets an error naming the file and the tensor, before any output.
+We parse it ourselves (instead of `safe_open`) for three reasons: a memory-mapped file counts
+towards the process's resident memory once touched, so N whole files mapped make peak RSS grow
+with N (we map one piece at a time, or `pread` it); a truncated or corrupt file gets an error
+naming the file and the tensor, before any output; and the merge of safetensors needs no torch
+(dtypes are `DType`s here, torch's only on demand).
 """
 
 from __future__ import annotations
