@@ -7,6 +7,7 @@ boundaries.
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -445,3 +446,18 @@ def test_memory_use_does_not_depend_on_the_number_of_checkpoints(tmp_path, monke
         monkeypatch.setattr(np, "empty", real_empty)
         counts.append((len(allocated), sum(allocated)))
     assert counts[0] == counts[1]
+
+
+def test_a_file_truncated_during_the_merge_is_an_error_naming_it_not_a_crash(tmp_path):
+    """Pieces are mapped from the files; a file cut short after its header was checked must not
+    reach the mapping (reading past its end would kill the process with SIGBUS)."""
+    paths, _ = make_ckpts(tmp_path, 2)
+    with CheckpointReader(paths[0]) as r:
+        name = max(r.specs, key=lambda n: r._stored[n].offset)  # the last one in its file
+        count = r.specs[name].nbytes // r.specs[name].dtype.itemsize
+        whole = r.map_bytes(name, 0, count, np.empty(0, np.uint8)).copy()
+        file = r._stored[name].file
+        os.truncate(file, file.stat().st_size - 4)
+        with pytest.raises(ValueError, match=rf"{file.name}: tensor '{name}': file ended early"):
+            r.map_bytes(name, 0, count, np.empty(0, np.uint8))
+    assert whole.nbytes == r.specs[name].nbytes
