@@ -13,6 +13,7 @@ import fnmatch
 import json
 import os
 import shutil
+import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -77,6 +78,12 @@ def shard_names(n: int) -> list[str]:
     return [f"model-{i:05d}-of-{n:05d}.safetensors" for i in range(1, n + 1)]
 
 
+FLUSH_EVERY = 64 << 20
+"""bytes written between background `fdatasync`s of a shard: the disk writes overlap the work
+that produces the data, and the final fsync of the folder (`runtime.fs.atomic_dir`) finds little
+left to wait for (the kernel alone would start writing back only after ~30 s)"""
+
+
 class ShardWriter:
     """Writes one safetensors file whose layout is fixed up front; tensors arrive in order.
 
@@ -91,6 +98,9 @@ class ShardWriter:
         self._done_bytes = 0  # of the current tensor
         self._f = open(self.path, "wb")  # noqa: SIM115 -- closed in close()
         self._f.write(header_bytes(specs))
+        self._unflushed = 0
+        self._flusher: threading.Thread | None = None
+        self._flush_error: OSError | None = None
 
     @property
     def complete(self) -> bool:
@@ -130,10 +140,28 @@ class ShardWriter:
         if self._done_bytes == spec.nbytes:
             self._next += 1
             self._done_bytes = 0
+        self._unflushed += len(data)
+        if self._unflushed >= FLUSH_EVERY and not (self._flusher and self._flusher.is_alive()):
+            self._f.flush()
+            self._unflushed = 0
+            self._flusher = threading.Thread(
+                target=self._fdatasync, name="pmalopti-fdatasync", daemon=True
+            )
+            self._flusher.start()
+
+    def _fdatasync(self) -> None:
+        try:
+            os.fdatasync(self._f.fileno())
+        except OSError as exc:  # reported by close(): a later fsync may no longer see it
+            self._flush_error = exc
 
     def close(self) -> None:
         missing = [s.name for s in self.specs[self._next :]]
+        if self._flusher is not None:
+            self._flusher.join()
         self._f.close()
+        if self._flush_error is not None:
+            raise self._flush_error
         if missing:
             raise ValueError(f"{self.path.name}: tensors never written: {missing[:5]}")
 
