@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from pmalopti.config import THREADS, bounded
+from pmalopti.lm.inject import InjectSpikeConfig
 from pmalopti.lm.schedule import DecayShape
 from pmalopti.runtime.device import Device, Precision, canonical_precision
 from pmalopti.runtime.runlog import ReportTo
@@ -69,8 +70,16 @@ class TrainConfig:
     """old spelling of report_to: tensorboard"""
     progress: bool = True
     """show a progress bar on stderr"""
+    inject_spike: InjectSpikeConfig = dataclasses.field(default_factory=InjectSpikeConfig)
+    """disturb chosen steps on purpose (LR x factor, random-token batches) to test loss-spike
+    recovery (docs/training.md); off by default"""
 
     def __post_init__(self):
+        if self.inject_spike.step > self.steps:
+            raise ValueError(
+                f"inject_spike.step {self.inject_spike.step} is after the last step "
+                f"(steps {self.steps})"
+            )
         self.dtype = canonical_precision(self.dtype)  # type: ignore[assignment]
         if self.tensorboard:
             self.report_to, self.tensorboard = "tensorboard", False

@@ -5,6 +5,7 @@ gradient accumulation with a token-mean over the whole optimizer step (two micro
 same update as one batch of both), gradient clipping, and the shared runtime: checkpoints in the
 one format (`pmalopti.runtime.checkpoint`), `metrics.jsonl` (+ TensorBoard / W&B), Ctrl-C that
 finishes the step and writes a resumable checkpoint, and a loud stop on a non-finite loss.
+`train.inject_spike` disturbs chosen steps on purpose (`pmalopti.lm.inject`).
 
 Callbacks extend it: each is called after every optimizer step with the loop and the step's
 record (a plain function `f(step, record)` works too), and may add keys to the record before it
@@ -25,6 +26,7 @@ from typing import Any
 import torch
 
 from pmalopti.lm.configs import OptimConfig, ScheduleConfig, TrainConfig
+from pmalopti.lm.inject import random_token_batch
 from pmalopti.lm.loss import Batch, batch_loss_sum, evaluate_batches, n_targets
 from pmalopti.lm.schedule import wsd_lr, wsd_phase
 from pmalopti.runtime.checkpoint import (
@@ -144,6 +146,13 @@ class TrainLoop:
         """One optimizer step on the step's micro-batches; returns its record."""
         t0 = time.perf_counter()
         lr = self.lr(self.step)
+        inject = self.train_cfg.inject_spike
+        injected = inject.active(self.step + 1)  # `step` counts updates done; this is the next
+        if injected:
+            lr *= inject.lr_factor
+            if inject.batch == "random_tokens":
+                vocab = self.model.get_input_embeddings().num_embeddings
+                micro = [random_token_batch(b, vocab, self.step + 1) for b in micro]
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         # Normalise by the target count of the whole step so accumulation == one big batch.
@@ -164,7 +173,7 @@ class TrainLoop:
         self.step += 1
         self.tokens += tokens
         s = self.schedule_cfg
-        return {
+        rec = {
             "step": self.step,
             "loss": loss_sum / denom,
             "grad_norm": grad_norm,
@@ -178,6 +187,7 @@ class TrainLoop:
             ),
             "step_time": time.perf_counter() - t0,
         }
+        return (rec | inject.record()) if injected else rec
 
     def save(self, record: dict[str, Any]) -> Path:
         assert self.run_dir is not None
@@ -273,7 +283,10 @@ def _run(loop: TrainLoop, batches: Callable[[int], list[Batch]], *, resumed: boo
             for cb in loop.callbacks:
                 cb.on_step_end(loop, rec)
             if runlog is not None and (
-                step % cfg.log_every == 0 or step == total or "val_loss" in rec
+                step % cfg.log_every == 0
+                or step == total
+                or "val_loss" in rec
+                or "injected_lr_factor" in rec
             ):
                 runlog.write(rec)
             records.append(rec)

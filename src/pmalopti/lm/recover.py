@@ -12,6 +12,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from pmalopti.lm.inject import InjectSpikeConfig
 from pmalopti.pma.spec import MergeSpec
 from pmalopti.pma.spike import Spike, checkpoints_before, spike_from_log
 from pmalopti.runtime.checkpoint import load_state
@@ -94,7 +95,8 @@ def resume_from_merge(
 
     `optimizer="fresh"` is PMA-init as in the paper (new AdamW state); "newest" reuses the
     optimizer state of the newest merged checkpoint. `config` replaces RUN/config.yaml, and
-    `overrides` (`--set`) apply on top.
+    `overrides` (`--set`) apply on top. A spike injected with `train.inject_spike` in the
+    run's config is not replayed (the continuation trains clean); one given in `overrides` is.
     """
     import json
 
@@ -102,8 +104,20 @@ def resume_from_merge(
     from pmalopti.lm.pretrain import PretrainConfig, continue_run
 
     run_dir = Path(run_dir)
-    cfg = load_config(PretrainConfig, config or run_dir / "config.yaml", list(overrides))
+    source = config or run_dir / "config.yaml"
+    cfg = load_config(PretrainConfig, source, list(overrides))
     step, newest = rec.merged[-1]
+    inject = cfg.train.inject_spike
+    replayed = inject.enabled and inject.last > step
+    if replayed and inject == load_config(PretrainConfig, source).train.inject_spike:
+        # The recovery is tested against the spike, not re-exposed to it: the continuation
+        # trains clean (its config.yaml records inject_spike off); one set with --set is kept.
+        log.warning(
+            "the continuation does not replay the injected spike of steps %d-%d",
+            inject.step,
+            inject.last,
+        )
+        cfg.train.inject_spike = InjectSpikeConfig()
     state = json.loads((newest / "trainer_state.json").read_text(encoding="utf-8"))
     opt_state = None
     if optimizer == "newest":
