@@ -300,8 +300,8 @@ def rl_effect_sentence() -> str:
             f"{d['losses']} of {d['n']} seeds)"
         )
     return (
-        f"in the regime where plain GRPO learns (a start model SFT'd on imperfect demonstrations, "
-        f"half of them without carries; {s['steps']} steps, {base['n']} "
+        f"in the regime where plain GRPO learns (a start model SFT'd on imperfect demonstrations: "
+        f"half its answers drop every carry; {s['steps']} steps, {base['n']} "
         f"seed{'s' if base['n'] != 1 else ''}), it raises held-out accuracy from "
         f"{base['start_mean']:.3f} to {base['final_mean']:.3f} ± {base['final_std']:.3f}; final "
         f"accuracy minus GRPO's: " + ", ".join(parts)
