@@ -33,6 +33,14 @@ ARMS = {
     "last_fresh": "last checkpoint, fresh AdamW",
     "clean": "reference: the same run without a spike",
 }
+COLORS = {
+    "x30": "tab:red",
+    "x10": "tab:orange",
+    "pma_newest": "tab:blue",
+    "pma_fresh": "tab:cyan",
+    "last_newest": "tab:green",
+    "last_fresh": "tab:olive",
+}
 COMPARISONS = (  # (A, B): A - B
     ("pma_newest", "last_newest"),
     ("pma_fresh", "last_fresh"),
@@ -199,7 +207,7 @@ def cmp_cell(c: dict) -> str:
     )
 
 
-def recovery_md(s: dict, sc: str) -> str:
+def recovery_md(s: dict, sc: str, pairs: bool = True) -> str:
     r = s["recovery"][sc]
     b = r["branch"]
     head = [
@@ -222,6 +230,8 @@ def recovery_md(s: dict, sc: str) -> str:
         for (a, b), m in comps.items()
     ]
     sv = r["start_val"]
+    pair_head = "\n\nPaired differences A − B (mean [95% interval], negative = A lower):\n\n"
+    pair_cols = ["A − B", f"val @ {b + 10}", f"mean val {b + 10}–{END_STABLE}", f"val @ {END}"]
     return (
         f"Spike injected at updates {r['spike_updates'][0]}–{r['spike_updates'][1]} (30× LR); "
         f"`recover` detected it at step {r['detected_spike_step']} on every seed and merged "
@@ -231,14 +241,11 @@ def recovery_md(s: dict, sc: str) -> str:
         f"{cmp_cell(r['start_val_pma_minus_last'])}). The rollback arm reproduces the clean run "
         f"(largest validation-loss difference {r['rollback_vs_clean_max_abs_diff']:.1e}).\n\n"
         + table(head, rows)
-        + "\n\nPaired differences A − B (mean [95% interval], negative = A lower):\n\n"
-        + table(
-            ["A − B", f"val @ {b + 10}", f"mean val {b + 10}–{END_STABLE}", f"val @ {END}"], crow
-        )
+        + (pair_head + table(pair_cols, crow) if pairs else "")
     )
 
 
-def task_md(s: dict, task: str) -> str:
+def task_md(s: dict, task: str, pairs: bool = True) -> str:
     t = s["pma_init"][task]
     steps = t["steps"]
     rows = [
@@ -249,24 +256,21 @@ def task_md(s: dict, task: str) -> str:
     comps = {}
     for c in t["comparisons"]:
         comps.setdefault(c["a"], {})[c["metric"]] = c
+    pair_cols = ["A − B", "val @ 10", f"mean val 10–{EARLY}", f"val @ {steps}"]
     crow = [
         [f"{INITS[k]} − latest", *(cmp_cell(m[x]) for x in ("val_10", "val_early", "val_final"))]
         for k, m in comps.items()
     ]
-    return (
-        table(
-            [
-                "init",
-                "val @ 10",
-                f"mean val 10–{EARLY}",
-                f"val @ {steps}",
-                f"max grad norm 1–{EARLY}",
-            ],
-            rows,
-        )
-        + "\n\n"
-        + table(["A − B", "val @ 10", f"mean val 10–{EARLY}", f"val @ {steps}"], crow)
-    )
+    return table(
+        [
+            "init",
+            "val @ 10",
+            f"mean val 10–{EARLY}",
+            f"val @ {steps}",
+            f"max grad norm 1–{EARLY}",
+        ],
+        rows,
+    ) + ("\n\n" + table(pair_cols, crow) if pairs else "")
 
 
 def init_md(s: dict) -> str:
@@ -274,6 +278,51 @@ def init_md(s: dict) -> str:
     vs = s["pma_init"]["init_val_vs_latest"]
     rows = [[INITS[k], pm(iv[k]), cmp_cell(vs[k]) if k in vs else "–"] for k in INITS]
     return table(["init (step 480 of the clean run)", "pre-training val loss", "− latest"], rows)
+
+
+def _say(c: dict, what: str) -> str:
+    lo, hi = c["ci95"]
+    word = {"A lower": "lower", "B lower": "higher"}.get(c["verdict"])
+    verdict = f"**{word}, outside the seed spread**" if word else "**within noise**"
+    return (
+        f"{what}: {c['mean']:+.4f} [{lo:+.4f}, {hi:+.4f}], lower on {c['a_lower_on']}/{c['n']} "
+        f"seeds: {verdict}"
+    )
+
+
+def verdicts_md(s: dict) -> str:
+    """The headline comparisons, one line each, with the rule's verdict."""
+    lines = []
+    for sc, r in s["recovery"].items():
+        b = r["branch"]
+        c = {(x["a"], x["b"], x["metric"]): x for x in r["comparisons"]}
+        at = f"spike at update {sc[2:]}"
+        lines += [
+            "- " + _say(r["start_val_pma_minus_last"], f"{at}, the merge minus checkpoint-{b} "
+                        "before any training"),
+            "- " + _say(c["pma_fresh", "x30", "val_600"], f"{at}, PMA-init (fresh AdamW) minus no "
+                        "intervention, val @ 600"),
+            "- " + _say(c["pma_newest", "last_newest", "val_first"], f"{at}, PMA-init minus "
+                        f"rollback (AdamW state kept), val @ {b + 10}"),
+            "- " + _say(c["pma_newest", "last_newest", "val_mean_stable"], f"{at}, PMA-init minus "
+                        f"rollback (AdamW state kept), mean val {b + 10}–{END_STABLE}"),
+            "- " + _say(c["pma_newest", "last_newest", "val_600"], f"{at}, PMA-init minus rollback "
+                        "(AdamW state kept), val @ 600"),
+            "- " + _say(c["pma_fresh", "last_fresh", "val_600"], f"{at}, PMA-init minus last "
+                        "checkpoint (both fresh AdamW), val @ 600"),
+        ]  # fmt: skip
+        if ("x10", "clean", "val_600") in c:
+            lines.append(
+                "- " + _say(c["x10", "clean", "val_600"], f"{at}, a 10× spike left alone minus the "
+                            "clean run, val @ 600")
+            )  # fmt: skip
+    for task, (label, steps) in TASKS.items():
+        t = s["pma_init"][task]
+        for x in t["comparisons"]:
+            if x["metric"] in ("val_early", "val_final"):
+                when = f"mean val 10–{EARLY}" if x["metric"] == "val_early" else f"val @ {steps}"
+                lines.append("- " + _say(x, f"{label}, {INITS[x['a']]} minus latest, {when}"))
+    return "\n".join(lines)
 
 
 def results_md(s: dict) -> str:
@@ -327,10 +376,12 @@ def figures(seeds: list[dict], s: dict) -> None:
     fig, axes = plt.subplots(1, len(scs), figsize=(6.5 * len(scs), 4.5), squeeze=False)
     for ax, sc in zip(axes[0], scs, strict=True):
         b = s["recovery"][sc]["branch"]
-        val_band(ax, "clean", ARMS["clean"], lo=b - 100, color="k", ls=":")
-        for a in ("x30", "x10", "pma_newest", "pma_fresh", "last_newest", "last_fresh"):
+        for a, color in COLORS.items():
             if f"{sc}_{a}" in seeds[0]["runs"]:
-                val_band(ax, f"{sc}_{a}", ARMS[a], lo=b - 100 if a.startswith("x") else 0)
+                lo = b - 100 if a.startswith("x") else 0
+                val_band(ax, f"{sc}_{a}", ARMS[a], lo=lo, color=color)
+        # drawn last: after the branch it lies exactly on the rollback arm
+        val_band(ax, "clean", ARMS["clean"], lo=b - 100, color="k", ls=":", lw=1)
         ax.set_ylim(1.0, 1.6)
         ax.set_title(
             f"30x LR at updates {sc[2:]}-{int(sc[2:]) + 2}; mean ± std, {len(seeds)} seeds"
@@ -378,16 +429,20 @@ def fill_readme(s: dict) -> None:
         [
             f"Seeds {', '.join(map(str, s['seeds']))} (n = {len(s['seeds'])}); mean ± sample std "
             "over seeds; intervals are the 95% t-intervals of the paired mean differences.\n",
+            "### Verdicts\n",
+            "Paired difference A minus B (negative: A has the lower validation loss), mean "
+            "[95% interval], and the rule's verdict:\n",
+            verdicts_md(s) + "\n",
             "### (a) Loss-spike recovery\n",
             *(
-                f"**Spike at update {sc[2:]}.** " + recovery_md(s, sc) + "\n"
+                f"**Spike at update {sc[2:]}.** " + recovery_md(s, sc, pairs=False) + "\n"
                 for sc in s["recovery"]
             ),
             "### (b) PMA-init for continued training and SFT\n",
             "The starting models (validation loss on the pre-training validation blocks):\n",
             init_md(s) + "\n",
             *(
-                f"**{label}**, {steps} steps:\n\n" + task_md(s, t) + "\n"
+                f"**{label}**, {steps} steps:\n\n" + task_md(s, t, pairs=False) + "\n"
                 for t, (label, steps) in TASKS.items()
             ),
         ]
