@@ -3,8 +3,12 @@
 Makes N checkpoints of a ~160M-parameter bf16 Qwen2-style model (200 MB shards, ~320 MB each)
 under WORKDIR, then times, each in its own child process so that peak RSS is comparable:
   1. reading the N checkpoints once (`cat > /dev/null`), the I/O floor;
-  2. `pmalopti merge --method sma` of the N (and of the newest 2, to see memory growth in N);
-  3. mergekit `linear` of the same N (weights 1, dtype float32, out_dtype bfloat16);
+  2. `pmalopti merge --method sma` of the N (and of the newest 2, to see memory growth in N; and
+     with `--read-ahead 16MiB`, the option for network filesystems); it never imports torch
+     (checked with `python -X importtime`, recorded as `pmalopti_imports_torch`);
+  3. `python -c 'import numpy'`, the start-up pmalopti's time includes, and `import torch`,
+     the start-up it no longer pays;
+  4. mergekit `linear` of the same N (weights 1, dtype float32, out_dtype bfloat16);
 and compares our output with mergekit's tensor by tensor (in bf16 ulps).
 
 mergekit lives in its own virtual environment (see benchmarks/README.md):
@@ -31,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from pmalopti.pma.in_memory import merged_state_dict
 from pmalopti.pma.reader import CheckpointReader
 from pmalopti.pma.writer import write_hf_checkpoint
 
@@ -104,6 +109,19 @@ def measure(cmd: list[str], **kw) -> tuple[float, float, float]:
     return wall, int(kib) * 1024 / 1e9, float(user) + float(system)
 
 
+def imports_torch(cmd: list[str]) -> bool:
+    """Whether the Python command `cmd` imports torch (or transformers), per -X importtime."""
+    done = subprocess.run(
+        [cmd[0], "-X", "importtime", *cmd[1:]], capture_output=True, text=True, check=True
+    )
+    modules = [
+        line.rsplit("|", 1)[-1].strip()
+        for line in done.stderr.splitlines()
+        if line.startswith("import time:")
+    ]
+    return any(m.split(".")[0] in ("torch", "transformers") for m in modules)
+
+
 def ulp_bf16(x: torch.Tensor) -> torch.Tensor:
     """Spacing of bf16 numbers at |x| (8 significant bits)."""
     e = torch.floor(torch.log2(x.abs().clamp_min(2.0**-126)))
@@ -125,6 +143,13 @@ def compare(ours: Path, theirs: Path) -> dict[str, float]:
             beyond += int(((d > ulp_bf16(torch.maximum(x.abs(), y.abs()))) & (d > 1e-6)).sum())
             total += d.numel()
     return {"max_abs": max_abs, "share_differ": differ / total, "beyond_1ulp": beyond}
+
+
+def same_as_torch(ours: Path, ckpts: list[Path]) -> bool:
+    """Whether our merge holds exactly the bits of the torch in-memory merge (pma.arithmetic)."""
+    ref = merged_state_dict(ckpts, [1 / len(ckpts)] * len(ckpts))
+    with CheckpointReader(ours) as r:
+        return set(r.specs) == set(ref) and all(torch.equal(r.read(k), v) for k, v in ref.items())
 
 
 def main() -> int:
@@ -167,7 +192,15 @@ def main() -> int:
     rows[f"pmalopti merge, N={args.n}"] = best(
         [*pma, str(work / "ours"), *map(str, ckpts)], work / "ours"
     )
-    rows["python -c 'import torch' (startup)"] = best([sys.executable, "-c", "import torch"], None)
+    ahead = [*pma, str(work / "ours-ra"), "--read-ahead", "16MiB", *map(str, ckpts)]
+    rows[f"pmalopti merge, N={args.n}, --read-ahead 16MiB"] = best(ahead, work / "ours-ra")
+    shutil.rmtree(work / "ours-ra", ignore_errors=True)
+    uses_torch = imports_torch(ahead)
+    shutil.rmtree(work / "ours-ra", ignore_errors=True)
+    rows["python -c 'import numpy' (startup)"] = best([sys.executable, "-c", "import numpy"], None)
+    rows["python -c 'import torch' (not needed)"] = best(
+        [sys.executable, "-c", "import torch"], None
+    )
     have_mergekit = Path(args.mergekit).is_file()
     if have_mergekit:
         for n, out in ((2, "mergekit-2"), (args.n, "mergekit")):
@@ -196,6 +229,9 @@ def main() -> int:
     print(f"pmalopti / read-once floor: {ours[0] / floor:.1f}x the wall time")
     rss2 = rows["pmalopti merge, N=2"][1]
     print(f"pmalopti peak RSS N={args.n} vs N=2: {100 * (ours[1] / rss2 - 1):+.1f}%")
+    print(f"pmalopti merge imports torch: {uses_torch}")
+    torch_bits = same_as_torch(work / "ours", ckpts)
+    print(f"pmalopti merge == torch in-memory merge, bit for bit: {torch_bits}")
     if have_mergekit:
         mk = rows[f"mergekit linear, N={args.n}"]
         print(
@@ -216,6 +252,8 @@ def main() -> int:
         "load_average_1min": {"start": load_start[0], "end": os.getloadavg()[0]},
         "torch": torch.__version__,
         "repeats": args.repeats,
+        "pmalopti_imports_torch": uses_torch,
+        "pmalopti_equals_torch_merge": torch_bits,
         "jobs": {
             name: {"wall_s": round(w, 3), "cpu_s": round(c, 3), "peak_rss_gb": round(r, 3)}
             for name, (w, r, c) in rows.items()

@@ -27,6 +27,15 @@ def merge_benchmark() -> str:
         f"{load_['end']:.1f} at the end, best of {b['repeats']}: `pmalopti merge` "
         f"{ours['wall_s']:.2f} s with peak RSS {ours['peak_rss_gb']:.2f} GB"
     )
+    if b.get("pmalopti_imports_torch") is False:
+        line += " without importing torch"
+    if "pmalopti_equals_torch_merge" in b:
+        same = b["pmalopti_equals_torch_merge"]
+        line += (
+            ", the same bits as torch's in-memory merge"
+            if same
+            else ", NOT the same bits as torch's in-memory merge"
+        )
     if "mergekit_over_pmalopti_wall" in b:
         eq = b["equality"]
         line += (

@@ -7,8 +7,10 @@ boundaries.
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -305,7 +307,7 @@ def infinite_value(path: Path):
         (
             retype_tensor,
             ValueError,
-            r"tensor 'embed.weight': dtype torch.int32 in checkpoint .*ck0",
+            r"tensor 'embed.weight': dtype int32 in checkpoint .*ck0",
         ),
         (other_architecture, ValueError, r"ck0 is a qwen2 Qwen2ForCausalLM, but .* llama"),
         (remove_weights, FileNotFoundError, r"ck0: no model.safetensors"),
@@ -402,16 +404,16 @@ def test_an_interrupted_merge_leaves_no_output_and_keeps_the_old_one(tmp_path, m
     (tmp_path / "out" / "keep.txt").write_text("old")
     write_marker(tmp_path / "out", "merge")
     calls = 0
-    original = ShardWriter.write_part
+    original = ShardWriter.write_bytes
 
-    def interrupt(self, name, part):
+    def interrupt(self, name, dtype, data):
         nonlocal calls
         calls += 1
         if calls == 5:
             raise KeyboardInterrupt
-        original(self, name, part)
+        original(self, name, dtype, data)
 
-    monkeypatch.setattr(ShardWriter, "write_part", interrupt)
+    monkeypatch.setattr(ShardWriter, "write_bytes", interrupt)
     with pytest.raises(KeyboardInterrupt):
         merge_checkpoints(
             paths, [1, 1, 1], tmp_path / "out", force=True, progress=False, chunk_bytes=64
@@ -425,11 +427,11 @@ def test_memory_use_does_not_depend_on_the_number_of_checkpoints(tmp_path, monke
     """Buffers are allocated up front and reused: the count is fixed, whatever N is (one worker:
     with two, whether the second gets a piece at all depends on thread scheduling)."""
     allocated = []
-    real_empty = torch.empty
+    real_empty = np.empty
 
     def counting_empty(*args, **kw):
         t = real_empty(*args, **kw)
-        allocated.append(t.numel() * t.element_size())
+        allocated.append(t.nbytes)
         return t
 
     paths, _ = make_ckpts(tmp_path, 3)
@@ -437,10 +439,25 @@ def test_memory_use_does_not_depend_on_the_number_of_checkpoints(tmp_path, monke
     counts = []
     for n, inputs in ((2, paths[:2]), (12, many)):
         allocated.clear()
-        monkeypatch.setattr(torch, "empty", counting_empty)
+        monkeypatch.setattr(np, "empty", counting_empty)
         merge_checkpoints(
             inputs, [1] * n, tmp_path / f"out{n}", progress=False, chunk_bytes=256, workers=1
         )
-        monkeypatch.setattr(torch, "empty", real_empty)
+        monkeypatch.setattr(np, "empty", real_empty)
         counts.append((len(allocated), sum(allocated)))
     assert counts[0] == counts[1]
+
+
+def test_a_file_truncated_during_the_merge_is_an_error_naming_it_not_a_crash(tmp_path):
+    """Pieces are mapped from the files; a file cut short after its header was checked must not
+    reach the mapping (reading past its end would kill the process with SIGBUS)."""
+    paths, _ = make_ckpts(tmp_path, 2)
+    with CheckpointReader(paths[0]) as r:
+        name = max(r.specs, key=lambda n: r._stored[n].offset)  # the last one in its file
+        count = r.specs[name].nbytes // r.specs[name].dtype.itemsize
+        whole = r.map_bytes(name, 0, count, np.empty(0, np.uint8)).copy()
+        file = r._stored[name].file
+        os.truncate(file, file.stat().st_size - 4)
+        with pytest.raises(ValueError, match=rf"{file.name}: tensor '{name}': file ended early"):
+            r.map_bytes(name, 0, count, np.empty(0, np.uint8))
+    assert whole.nbytes == r.specs[name].nbytes

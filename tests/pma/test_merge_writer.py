@@ -100,3 +100,29 @@ def test_bad_tensors_are_refused_and_nothing_is_left(tmp_path):
     write_hf_checkpoint({"a": torch.zeros(2)}, tmp_path / "m2")
     write_hf_checkpoint({"a": torch.ones(2)}, tmp_path / "m2", force=True)
     assert (tmp_path / "m2" / "model.safetensors").is_file()
+
+
+def test_shards_are_flushed_to_disk_while_written_and_a_failed_flush_is_an_error(
+    tmp_path, monkeypatch
+):
+    """Written data is handed to the disk every FLUSH_EVERY bytes in the background (so the
+    final fsync finds little left); an error there (EIO, full disk) fails the write."""
+    import errno
+    import os
+
+    from pmalopti.pma import writer
+
+    monkeypatch.setattr(writer, "FLUSH_EVERY", 64)
+    synced = []
+    real = os.fdatasync
+    monkeypatch.setattr(os, "fdatasync", lambda fd: synced.append(fd) or real(fd))
+    out = write_hf_checkpoint(tensors(), tmp_path / "m")
+    assert synced and torch.equal(load_file(out / "model.safetensors")["a"], tensors()["a"])
+
+    def fail(fd):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fdatasync", fail)
+    with pytest.raises(OSError, match="Input/output error"):
+        write_hf_checkpoint(tensors(), tmp_path / "n")
+    assert not (tmp_path / "n").exists()

@@ -11,7 +11,7 @@ __all__ = ["METHODS", "MergeSpec", "merge_weights", "normalize_weights"]
 _LAZY = {
     "OnlineAverager": "pmalopti.pma.online",
     "OnlineAverageConfig": "pmalopti.pma.online",
-    # Offline streaming merge (torch loads on first use).
+    # Offline streaming merge (numpy; torch only for .bin inputs).
     "merge_checkpoints": "pmalopti.pma.streaming",
     "write_hf_checkpoint": "pmalopti.pma.writer",
     "Checkpoint": "pmalopti.pma.select",

@@ -31,7 +31,7 @@ from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, TensorSt
 from pmalopti.pma.dcp_layout import DcpCheckpoint, Layout
 from pmalopti.pma.dcp_merge import Plan, average_region, cast_checked
 from pmalopti.pma.dcp_read import DcpSource
-from pmalopti.pma.safetensors_format import TensorSpec
+from pmalopti.pma.safetensors_format import TensorSpec, dtype_of
 from pmalopti.pma.writer import ShardedWriter, copy_model_files
 
 _TITAN_LAYER = {
@@ -148,7 +148,7 @@ class HfTarget:
         for k, name in self.names.items():
             stored = newest.tensor(k).properties.dtype
             out_dtype = dtype if dtype is not None and stored.is_floating_point else stored
-            specs.append(TensorSpec(name, self.shapes[k], out_dtype))
+            specs.append(TensorSpec(name, self.shapes[k], dtype_of(out_dtype)))
         writer = ShardedWriter(out, specs, shard_size)
         for k, spec in zip(self.names, specs, strict=True):
             shape = self.shapes[k]
@@ -156,9 +156,11 @@ class HfTarget:
             if spec.dtype.is_floating_point:
                 t = average_region(sources, ws, k, whole)
             else:
-                t = newest.read(k, whole, torch.empty(shape, dtype=spec.dtype))
+                t = newest.read(k, whole, torch.empty(shape, dtype=spec.dtype.torch))
             t = self.transforms.get(k, lambda x: x)(t)
-            writer.write(spec.name, cast_checked(t, spec.dtype, k) if t.is_floating_point() else t)
+            writer.write(
+                spec.name, cast_checked(t, spec.dtype.torch, k) if t.is_floating_point() else t
+            )
         writer.close()
         copy_model_files(self.config_dir, out, dtype=dtype)
         return {

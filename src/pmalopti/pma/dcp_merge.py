@@ -47,9 +47,10 @@ from torch.distributed.checkpoint.planner import (
 )
 from tqdm import tqdm
 
+from pmalopti.pma.arithmetic import fold
 from pmalopti.pma.dcp_layout import DcpCheckpoint, copy_side_files, model_key_rule
 from pmalopti.pma.dcp_read import DcpSource
-from pmalopti.pma.streaming import parse_dtype
+from pmalopti.pma.safetensors_format import parse_dtype
 from pmalopti.pma.weights import normalize_weights
 from pmalopti.pma.writer import write_metadata
 from pmalopti.runtime.fs import atomic_dir, check_output_dir
@@ -211,10 +212,7 @@ def average_region(
     scratch = torch.empty_like(acc)
     for i, (src, w) in enumerate(zip(sources, ws, strict=True)):
         src.read(key, chunk, scratch)  # stored dtype -> float32 on copy
-        if i == 0:
-            torch.mul(scratch, w, out=acc)
-        else:
-            acc.add_(scratch, alpha=w)
+        fold(acc, scratch, w, first=i == 0, scratch=True)
     return acc
 
 
@@ -344,6 +342,7 @@ def merge_dcp(
     if out_format == "hf" and keep_non_model:
         raise ValueError("--keep-non-model is for DCP output; a HF folder holds the model only")
     dtype = parse_dtype(dtype)
+    dtype = None if dtype is None else dtype.torch
     ws = normalize_weights(weights)
     out = Path(out_dir)
     check_output_dir(out, force=force, inputs=[c.path for c in ckpts])

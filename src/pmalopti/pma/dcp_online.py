@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 from pmalopti.pma.online import OnlineAverager
-from pmalopti.pma.safetensors_format import TensorSpec
+from pmalopti.pma.safetensors_format import TensorSpec, dtype_of
 from pmalopti.pma.writer import ShardedWriter, copy_model_files, write_metadata
 from pmalopti.runtime.fs import atomic_dir
 
@@ -117,7 +117,7 @@ def save_merge_hf(
     specs = []
     for name, t in averager.tracked:
         out_dtype = dtype if dtype is not None and t.is_floating_point() else t.dtype
-        specs.append(TensorSpec(name, tuple(t.shape), out_dtype))
+        specs.append(TensorSpec(name, tuple(t.shape), dtype_of(out_dtype)))
     with shared_output_dir(out, force=force) as (tmp, writes):
         writer = ShardedWriter(tmp, specs, shard_size) if writes else None
         for name, t, local in averager.merged_items(dtype=dtype):

@@ -1,8 +1,8 @@
 """PMA merged in memory: sum_i w_i M_i as a state dict, for small models evaluated many times.
 
-The same arithmetic as the streaming merge (float32 running sum, `acc += w * x` per input, cast
-to the newest checkpoint's dtype at the end) on whole tensors; the streaming `merge_checkpoints`
-is for checkpoints of any size.
+The same arithmetic as the streaming merge, bit for bit (`pma.arithmetic`: float32 running sum,
+`acc += fl(w * x)` per input, rounded to the newest checkpoint's dtype at the end), on whole
+tensors; the streaming `merge_checkpoints` is for checkpoints of any size.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from pmalopti.pma.arithmetic import fold
 from pmalopti.pma.reader import CheckpointReader
 from pmalopti.pma.streaming import check_compatible
 
@@ -41,8 +42,9 @@ def merged_state_dict(
                             f"{readers[-1].path}; refusing to merge"
                         )
                 continue
-            acc = readers[0].read(name).float() * weights[0]  # (shape,) float32
-            for r, w in zip(readers[1:], weights[1:], strict=True):
-                acc.add_(r.read(name).float(), alpha=w)
-            out[name] = acc.to(spec.dtype)
+            acc = torch.empty(spec.shape, dtype=torch.float32)  # (shape,) running sum
+            for i, (r, w) in enumerate(zip(readers, weights, strict=True)):
+                x = r.read(name)  # (shape,) as stored: a fresh tensor, ours to overwrite
+                fold(acc, x.float(), w, first=i == 0, scratch=True)
+            out[name] = acc.to(spec.dtype.torch)
     return out

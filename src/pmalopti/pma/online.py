@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pmalopti.pma.arithmetic import fold
 from pmalopti.pma.tracking import local_shard, tracked_tensors
 from pmalopti.pma.weights import Method
 from pmalopti.pma.windows import (  # re-exported: the averager's public API
@@ -206,9 +207,9 @@ class OnlineAverager:
             x = local.to(device=self._dev(t), dtype=torch.float32)  # (local shard shape)
             for w, i in folds:
                 if i == 0:
-                    w.acc[k] = x * self._weights[0]
-                else:
-                    w.acc[k].add_(x, alpha=self._weights[i])
+                    w.acc[k] = torch.empty_like(x)
+                # fl(w * x) then the add, never fused: the offline merges' bits (pma.arithmetic)
+                fold(w.acc[k], x, self._weights[i], first=i == 0)
         for w, i in folds:
             if w.next_index != i:  # unreachable unless the schedule arithmetic is wrong
                 raise AssertionError(

@@ -5,22 +5,26 @@ A checkpoint is a Hugging Face model folder (`model.safetensors`, shards + index
 opened; tensor data is read only when asked for, one tensor at a time, so memory does not
 depend on how many checkpoints are open. `.bin` files have no header: they are opened with
 `torch.load(weights_only=True, mmap=True)`, one file per checkpoint at a time (slower).
+Safetensors are read as raw bytes (`read_bytes`, numpy, no torch); `read`/`read_into` give torch
+tensors and import torch on first use.
 """
 
 from __future__ import annotations
 
 import math
+import mmap
 import os
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+import numpy as np
 
 from pmalopti.pma.safetensors_format import (
     SafetensorsError,
     StoredTensor,
     TensorSpec,
+    dtype_of,
     pread_into,
     read_header,
 )
@@ -32,9 +36,17 @@ ST_SINGLE = "model.safetensors"
 BIN_INDEX = "pytorch_model.bin.index.json"
 BIN_SINGLE = "pytorch_model.bin"
 
+if TYPE_CHECKING:
+    import torch
+
+# Map pieces with their pages already in place (one call, not a fault per page) where possible.
+_MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+
 
 def _load_bin(path: Path) -> dict[str, torch.Tensor]:
     """A `pytorch_model*.bin` state dict, never unpickling anything but tensors."""
+    import torch
+
     try:
         try:
             sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -141,7 +153,7 @@ class CheckpointReader:
             for name, t in sd.items():
                 if name in self.specs:
                     raise ValueError(f"checkpoint {self.path}: tensor {name!r} is stored twice")
-                self.specs[name] = TensorSpec(name, tuple(t.shape), t.dtype)
+                self.specs[name] = TensorSpec(name, tuple(t.shape), dtype_of(t.dtype))
                 self._bin_files[name] = f
             del sd
 
@@ -150,38 +162,81 @@ class CheckpointReader:
         return sum(s.nbytes for s in self.specs.values())
 
     def read(self, name: str) -> torch.Tensor:
-        """One whole tensor, in fresh memory."""
+        """One whole tensor, in fresh memory (a torch tensor)."""
+        import torch
+
         spec = self._spec(name)
         buf = torch.empty(spec.nbytes, dtype=torch.uint8)  # (bytes,)
         return self.read_into(name, 0, math.prod(spec.shape), buf).reshape(spec.shape)
 
     def read_into(self, name: str, start: int, count: int, buf: torch.Tensor) -> torch.Tensor:
-        """Elements [start, start + count) of the flattened tensor, read into the uint8 `buf`.
+        """Elements [start, start + count) of the flattened tensor, read into the uint8 torch
+        tensor `buf`; a 1-D view of `buf` in the tensor's dtype."""
+        dtype = self._spec(name).dtype.torch
+        out = buf[: count * dtype.itemsize]
+        self.read_bytes(name, start, count, out.numpy())
+        return out.view(dtype)
 
-        Returns a 1-D view of `buf` in the tensor's dtype. Reading a tensor in fixed-size
-        pieces into reused buffers keeps memory flat whatever the tensor and checkpoint sizes.
+    def read_bytes(self, name: str, start: int, count: int, buf: np.ndarray) -> np.ndarray:
+        """The bytes of elements [start, start + count) of the flattened tensor, read into the
+        uint8 array `buf`; returns the filled front of `buf`.
+
+        Reading a tensor in pieces into reused buffers keeps memory flat whatever the tensor
+        and checkpoint sizes; safetensors are read with `pread` (nothing stays mapped).
         """
         spec = self._spec(name)
         size = spec.dtype.itemsize
         out = buf[: count * size]
         if self.format == "bin":
+            import torch
+
             with self._lock:
                 src = self._bin_tensor(name).reshape(-1)[start : start + count]
-                out.view(spec.dtype).copy_(src)
-            return out.view(spec.dtype)
+                torch.from_numpy(out).view(src.dtype).copy_(src)
+            return out
         st = self._stored[name]
-        with self._lock:
-            fd = self._fds.get(st.file)
-            if fd is None:
-                fd = self._fds[st.file] = os.open(st.file, os.O_RDONLY)
+        fd = self._fd(st.file)
         what = f"checkpoint {self.path}: {st.file.name}: tensor {name!r}"
         if self.read_ahead:
             self._advise(st.file, fd, st.offset + start * size, len(out))
         try:
-            pread_into(fd, st.offset + start * size, memoryview(out.numpy()), what)
+            pread_into(fd, st.offset + start * size, memoryview(out), what)
         except SafetensorsError as exc:
             raise ValueError(str(exc)) from exc
-        return out.view(spec.dtype)
+        return out
+
+    def map_bytes(self, name: str, start: int, count: int, buf: np.ndarray) -> np.ndarray:
+        """Like `read_bytes`, but a safetensors piece is a read-only view of the file mapped in
+        memory (no copy); the mapping lasts as long as the returned array (or a view of it).
+
+        A file that shrinks below the piece is an error, not a crash (checked before mapping).
+        """
+        if self.format == "bin":
+            return self.read_bytes(name, start, count, buf)
+        spec = self._spec(name)
+        st = self._stored[name]
+        fd = self._fd(st.file)
+        begin = st.offset + start * spec.dtype.itemsize
+        length = count * spec.dtype.itemsize
+        if length == 0:
+            return buf[:0]
+        if self.read_ahead:
+            self._advise(st.file, fd, begin, length)
+        if os.fstat(fd).st_size < begin + length:
+            raise ValueError(
+                f"checkpoint {self.path}: {st.file.name}: tensor {name!r}: file ended early "
+                "(truncated while reading)"
+            )
+        skip = begin % mmap.ALLOCATIONGRANULARITY
+        m = mmap.mmap(fd, skip + length, flags=_MAP_FLAGS, prot=mmap.PROT_READ, offset=begin - skip)
+        return np.frombuffer(m, dtype=np.uint8, count=length, offset=skip)
+
+    def _fd(self, file: Path) -> int:
+        with self._lock:
+            fd = self._fds.get(file)
+            if fd is None:
+                fd = self._fds[file] = os.open(file, os.O_RDONLY)
+        return fd
 
     def _advise(self, file: Path, fd: int, offset: int, length: int) -> None:
         """Prefetch up to `read_ahead` bytes past this read, once per range (a hint only)."""

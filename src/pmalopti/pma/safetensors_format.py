@@ -2,9 +2,11 @@
 
 A safetensors file is an 8-byte little-endian header length, a JSON header
 `{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}}`, then the bytes.
-We parse it ourselves (instead of `safe_open`) for two reasons: a memory-mapped file counts
-towards the process's resident memory once touched, so N open mmaps make peak RSS grow with N;
-and a truncated or corrupt file gets an error naming the file and the tensor, before any output.
+We parse it ourselves (instead of `safe_open`) for three reasons: a memory-mapped file counts
+towards the process's resident memory once touched, so N whole files mapped make peak RSS grow
+with N (we map one piece at a time, or `pread` it); a truncated or corrupt file gets an error
+naming the file and the tensor, before any output; and the merge of safetensors needs no torch
+(dtypes are `DType`s here, torch's only on demand).
 """
 
 from __future__ import annotations
@@ -15,27 +17,89 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import torch
 
-DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-    "U16": torch.uint16,
-    "U32": torch.uint32,
-    "U64": torch.uint64,
-    "F8_E4M3": torch.float8_e4m3fn,
-    "F8_E5M2": torch.float8_e5m2,
+@dataclass(frozen=True)
+class DType:
+    """An element type by its safetensors code, known without importing torch.
+
+    `itemsize` and `is_floating_point` read as on a `torch.dtype`; `str()` is torch's name.
+    """
+
+    code: str
+    """the safetensors header's name, e.g. BF16"""
+    name: str
+    """torch's name, e.g. bfloat16"""
+    itemsize: int
+    is_floating_point: bool
+
+    @property
+    def torch(self) -> Any:
+        """The `torch.dtype` (imports torch)."""
+        import torch
+
+        return getattr(torch, self.name)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+DTYPES: dict[str, DType] = {
+    code: DType(code, name, size, code.startswith(("F", "BF")))
+    for code, name, size in (
+        ("F64", "float64", 8),
+        ("F32", "float32", 4),
+        ("F16", "float16", 2),
+        ("BF16", "bfloat16", 2),
+        ("I64", "int64", 8),
+        ("I32", "int32", 4),
+        ("I16", "int16", 2),
+        ("I8", "int8", 1),
+        ("U8", "uint8", 1),
+        ("BOOL", "bool", 1),
+        ("U16", "uint16", 2),
+        ("U32", "uint32", 4),
+        ("U64", "uint64", 8),
+        ("F8_E4M3", "float8_e4m3fn", 1),
+        ("F8_E5M2", "float8_e5m2", 1),
+    )
 }
-DTYPE_NAMES: dict[torch.dtype, str] = {v: k for k, v in DTYPES.items()}
+_BY_NAME = {d.name: d for d in DTYPES.values()}
+# Floating dtypes that are averaged (in float32); FP8 is floating but needs its scales.
+MERGEABLE = frozenset(DTYPES[c] for c in ("F16", "BF16", "F32", "F64"))
+# `--dtype` spellings of the output dtype of floating tensors.
+OUT_DTYPES = {
+    **dict.fromkeys(("bf16", "bfloat16"), DTYPES["BF16"]),
+    **dict.fromkeys(("fp16", "float16", "half"), DTYPES["F16"]),
+    **dict.fromkeys(("fp32", "float32", "float"), DTYPES["F32"]),
+}
+
+
+def dtype_of(dtype: Any) -> DType:
+    """The `DType` of a `DType`, a `torch.dtype` or a torch dtype name (`bfloat16`)."""
+    if isinstance(dtype, DType):
+        return dtype
+    name = str(dtype).removeprefix("torch.")
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        raise ValueError(f"dtype {name} cannot be stored in safetensors") from None
+
+
+def parse_dtype(dtype: Any) -> DType | None:
+    """`--dtype` (bf16 | fp16 | fp32, or a dtype) as a `DType`; None stays None."""
+    if dtype is None:
+        return None
+    if isinstance(dtype, str):
+        try:
+            return OUT_DTYPES[dtype.lower()]
+        except KeyError:
+            raise ValueError(
+                f"dtype {dtype!r} is not supported; choose bf16, fp16 or fp32"
+            ) from None
+    return dtype_of(dtype)
+
 
 # Real headers are ~100 bytes per tensor (tens of KB for a 7B model). The safetensors library caps
 # them at 100 MB; we also cap them relative to the data they describe, so that a small file cannot
@@ -53,7 +117,7 @@ class TensorSpec:
 
     name: str
     shape: tuple[int, ...]
-    dtype: torch.dtype
+    dtype: DType
 
     @property
     def nbytes(self) -> int:
@@ -127,7 +191,7 @@ def read_header(path: Path) -> tuple[dict[str, StoredTensor], dict[str, str]]:
         if end - begin != spec.nbytes:
             raise SafetensorsError(
                 f"{path}: tensor {name[:_MAX_NAME]!r}: byte range [{begin}, {end}) does not match "
-                f"shape {list(spec.shape)} of {DTYPE_NAMES[spec.dtype]}"
+                f"shape {list(spec.shape)} of {spec.dtype.code}"
             )
         if end > data_len:
             raise SafetensorsError(
@@ -203,7 +267,7 @@ def header_bytes(specs: list[TensorSpec], metadata: dict[str, str] | None = None
     pos = 0
     for s in specs:
         header[s.name] = {
-            "dtype": DTYPE_NAMES[s.dtype],
+            "dtype": s.dtype.code,
             "shape": list(s.shape),
             "data_offsets": [pos, pos + s.nbytes],
         }
@@ -213,7 +277,9 @@ def header_bytes(specs: list[TensorSpec], metadata: dict[str, str] | None = None
     return struct.pack("<Q", len(raw)) + raw
 
 
-def tensor_bytes(t: torch.Tensor) -> memoryview:
-    """The raw little-endian bytes of a CPU tensor, without a copy when it is contiguous."""
+def tensor_bytes(t: Any) -> memoryview:
+    """The raw little-endian bytes of a (torch) tensor, without a copy when it is contiguous."""
+    import torch
+
     t = t.detach().to("cpu").contiguous().reshape(-1)
     return memoryview(t.view(torch.uint8).numpy())

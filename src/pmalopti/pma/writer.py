@@ -2,7 +2,8 @@
 
 `write_hf_checkpoint` is the one-call form (used by training callbacks); `plan_shards` and
 `ShardedWriter` are the streaming pieces the merge drives piece by piece: each shard's header is
-laid out from the tensor specs before its first byte, so data is appended as it is computed.
+laid out from the tensor specs before its first byte, so data is appended as it is computed
+(torch tensors, or raw bytes with `write_bytes`: the streaming merge never imports torch).
 Everything is written into a temporary folder that is renamed into place when complete.
 """
 
@@ -12,13 +13,18 @@ import fnmatch
 import json
 import os
 import shutil
+import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from pmalopti.pma.safetensors_format import TensorSpec, header_bytes, tensor_bytes
+from pmalopti.pma.safetensors_format import (
+    DType,
+    TensorSpec,
+    dtype_of,
+    header_bytes,
+    tensor_bytes,
+)
 from pmalopti.runtime.fs import atomic_dir, atomic_write_json
 from pmalopti.runtime.inputs import check_inside
 
@@ -40,9 +46,12 @@ COPY_PATTERNS = (
     "*.py",
 )
 
+if TYPE_CHECKING:
+    import torch
+
 
 def spec_of(name: str, t: torch.Tensor) -> TensorSpec:
-    return TensorSpec(name, tuple(t.shape), t.dtype)
+    return TensorSpec(name, tuple(t.shape), dtype_of(t.dtype))
 
 
 def plan_shards(specs: Iterable[TensorSpec], shard_size: int) -> list[list[TensorSpec]]:
@@ -69,10 +78,17 @@ def shard_names(n: int) -> list[str]:
     return [f"model-{i:05d}-of-{n:05d}.safetensors" for i in range(1, n + 1)]
 
 
+FLUSH_EVERY = 64 << 20
+"""bytes written between background `fdatasync`s of a shard: the disk writes overlap the work
+that produces the data, and the final fsync of the folder (`runtime.fs.atomic_dir`) finds little
+left to wait for (the kernel alone would start writing back only after ~30 s)"""
+
+
 class ShardWriter:
     """Writes one safetensors file whose layout is fixed up front; tensors arrive in order.
 
-    `write` takes a whole tensor; `write_part` takes consecutive pieces of the flattened tensor.
+    `write` takes a whole tensor; `write_part` takes consecutive pieces of the flattened tensor;
+    `write_bytes` takes such a piece as raw bytes.
     """
 
     def __init__(self, path: Path, specs: list[TensorSpec]):
@@ -82,12 +98,15 @@ class ShardWriter:
         self._done_bytes = 0  # of the current tensor
         self._f = open(self.path, "wb")  # noqa: SIM115 -- closed in close()
         self._f.write(header_bytes(specs))
+        self._unflushed = 0
+        self._flusher: threading.Thread | None = None
+        self._flush_error: OSError | None = None
 
     @property
     def complete(self) -> bool:
         return self._next == len(self.specs)
 
-    def _current(self, name: str, dtype: torch.dtype) -> TensorSpec:
+    def _current(self, name: str, dtype: DType) -> TensorSpec:
         if self.complete:
             raise ValueError(f"{self.path.name}: unexpected extra tensor {name!r}")
         spec = self.specs[self._next]
@@ -99,7 +118,7 @@ class ShardWriter:
         return spec
 
     def write(self, name: str, t: torch.Tensor) -> None:
-        spec = self._current(name, t.dtype)
+        spec = self._current(name, dtype_of(t.dtype))
         if tuple(t.shape) != spec.shape or self._done_bytes:
             raise ValueError(
                 f"{self.path.name}: tensor {name!r} has shape {list(t.shape)}, expected "
@@ -108,8 +127,12 @@ class ShardWriter:
         self.write_part(name, t)
 
     def write_part(self, name: str, part: torch.Tensor) -> None:
-        spec = self._current(name, part.dtype)
-        data = tensor_bytes(part)
+        self.write_bytes(name, dtype_of(part.dtype), tensor_bytes(part))
+
+    def write_bytes(self, name: str, dtype: DType, data: memoryview) -> None:
+        """The next piece of tensor `name` as raw little-endian bytes of `dtype`."""
+        spec = self._current(name, dtype)
+        data = memoryview(data).cast("B")
         if self._done_bytes + len(data) > spec.nbytes:
             raise ValueError(f"{self.path.name}: more data than tensor {name!r} holds")
         self._f.write(data)
@@ -117,10 +140,28 @@ class ShardWriter:
         if self._done_bytes == spec.nbytes:
             self._next += 1
             self._done_bytes = 0
+        self._unflushed += len(data)
+        if self._unflushed >= FLUSH_EVERY and not (self._flusher and self._flusher.is_alive()):
+            self._f.flush()
+            self._unflushed = 0
+            self._flusher = threading.Thread(
+                target=self._fdatasync, name="pmalopti-fdatasync", daemon=True
+            )
+            self._flusher.start()
+
+    def _fdatasync(self) -> None:
+        try:
+            os.fdatasync(self._f.fileno())
+        except OSError as exc:  # reported by close(): a later fsync may no longer see it
+            self._flush_error = exc
 
     def close(self) -> None:
         missing = [s.name for s in self.specs[self._next :]]
+        if self._flusher is not None:
+            self._flusher.join()
         self._f.close()
+        if self._flush_error is not None:
+            raise self._flush_error
         if missing:
             raise ValueError(f"{self.path.name}: tensors never written: {missing[:5]}")
 
@@ -148,6 +189,9 @@ class ShardedWriter:
     def write_part(self, name: str, part: torch.Tensor) -> None:
         self._writer().write_part(name, part)
 
+    def write_bytes(self, name: str, dtype: DType, data: memoryview) -> None:
+        self._writer().write_bytes(name, dtype, data)
+
     def close(self) -> None:
         """Finish the last shard and write the index; raises if anything was left unwritten."""
         self._writer().close()
@@ -167,7 +211,7 @@ def write_index(out_dir: Path, shards: list[list[TensorSpec]], names: list[str])
     )
 
 
-def copy_model_files(source_dir: Path, out_dir: Path, *, dtype: torch.dtype | None = None) -> None:
+def copy_model_files(source_dir: Path, out_dir: Path, *, dtype: Any = None) -> None:
     """Copy config / generation config / tokenizer files; record `dtype` in config.json if given."""
     source_dir, out_dir = Path(source_dir), Path(out_dir)
     for f in sorted(source_dir.iterdir()):
@@ -192,6 +236,8 @@ def _buffered_shards(
     tensors: Iterable[tuple[str, torch.Tensor]], shard_size: int
 ) -> Iterable[list[tuple[str, torch.Tensor]]]:
     """Group (name, tensor) pairs into shards without knowing the total in advance."""
+    import torch
+
     if shard_size <= 0:
         raise ValueError(f"shard_size must be positive, got {shard_size}")
     group: list[tuple[str, torch.Tensor]] = []

@@ -21,12 +21,12 @@ import re
 import shutil
 import struct
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from pmalopti.runtime.fs import atomic_dir, atomic_write_json, is_ours, write_marker
-from pmalopti.runtime.hf import save_pretrained
+
+if TYPE_CHECKING:  # torch loads on first use: `pmalopti merge` reads folder names without it
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,8 @@ def checkpoint_path(run_dir: str | Path, step: int) -> Path:
 
 def rng_state(generators: dict[str, torch.Generator] | None = None) -> dict[str, Any]:
     """Every random state a step may draw from: torch (CPU, CUDA), python, named generators."""
+    import torch
+
     py = random.getstate()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
@@ -70,6 +72,8 @@ def rng_state(generators: dict[str, torch.Generator] | None = None) -> dict[str,
 
 
 def set_rng_state(state: dict[str, Any], generators: dict[str, torch.Generator] | None = None):
+    import torch
+
     torch.set_rng_state(state["torch"])
     random.setstate((3, tuple(state["python"]), state["python_gauss"]))
     if "cuda" in state and torch.cuda.is_available():
@@ -98,6 +102,10 @@ def save_checkpoint(
     `state` is the trainer's resumable state (optimizer, RNG, ...); `step` and `tokens` are added.
     `log_entry` becomes `trainer_state.json`'s `log_history`; `info` adds readable keys there.
     """
+    import torch
+
+    from pmalopti.runtime.hf import save_pretrained
+
     path = checkpoint_path(run_dir, step)
     if path.is_dir() and not is_ours(path) and state_file(path) is not None:
         write_marker(path, "checkpoint")  # this run's own, written before folders were marked
@@ -150,6 +158,8 @@ def list_checkpoints(run_dir: str | Path, *, resumable: bool = True) -> list[tup
 
 def load_state(ckpt: str | Path) -> dict[str, Any]:
     """A checkpoint's resumable state (never unpickles arbitrary objects)."""
+    import torch
+
     f = state_file(ckpt)
     if f is None:
         raise FileNotFoundError(f"{ckpt} has no {STATE_FILE}; it cannot be resumed")

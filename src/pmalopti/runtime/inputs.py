@@ -81,16 +81,20 @@ def index_files(folder: str | Path, index_name: str) -> dict[str, Path]:
     if not isinstance(wmap, dict) or not wmap:
         raise ValueError(f"{where}: no 'weight_map' in the index")
     out = {}
+    shards: dict[str, Path] = {}  # each shard is checked once, not once per tensor
     for name, fname in wmap.items():
         if not isinstance(fname, str):
             raise ValueError(
                 f"{where}: weight_map[{name!r}] is a {type(fname).__name__}, not a file name"
             )
-        try:
-            f = file_inside(folder, fname, what="shard")
-        except ValueError as exc:
-            raise ValueError(f"{where}: weight_map[{name!r}]: {exc}") from None
-        if not f.is_file():
-            raise FileNotFoundError(f"{where}: shard {fname} (for {name!r}) is missing")
+        f = shards.get(fname)
+        if f is None:
+            try:
+                f = file_inside(folder, fname, what="shard")
+            except ValueError as exc:
+                raise ValueError(f"{where}: weight_map[{name!r}]: {exc}") from None
+            if not f.is_file():
+                raise FileNotFoundError(f"{where}: shard {fname} (for {name!r}) is missing")
+            shards[fname] = f
         out[name] = f
     return out
