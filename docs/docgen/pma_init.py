@@ -97,14 +97,17 @@ def sentence() -> str:
     ct = _cmp(p["ct"]["comparisons"], "sma", "latest", "val_final")
     sft = _cmp(p["sft"]["comparisons"], "sma", "latest", "val_final")
     return (
-        f"with a spike injected on purpose (30× LR for 3 updates, {len(s['seeds'])} seeds), "
-        f"resuming from the SMA of the 10 checkpoints before it ends {-vs_none['mean']:.3f} nats "
-        f"below the spiked run left alone, but {vs_roll['mean']:+.3f} "
-        f"[{vs_roll['ci95'][0]:+.3f}, {vs_roll['ci95'][1]:+.3f}] against simply rolling back to the "
-        f"last checkpoint; CT / SFT from the SMA instead of the latest checkpoint end "
-        f"{ct['mean']:+.3f} / {sft['mean']:+.3f} nats apart ({_short(ct)} / {_short(sft)})"
+        f"final validation loss after a spike injected on purpose (30× LR for 3 updates; "
+        f"{len(s['seeds'])} seeds, paired), resuming from the SMA of the 10 checkpoints before it "
+        f"vs leaving the spiked run alone: {_brief(vs_none)}; vs rolling back to the last "
+        f"checkpoint: {_brief(vs_roll)}. Continued training / SFT started from that SMA vs the "
+        f"latest checkpoint: {_brief(ct)} / {_brief(sft)}"
     )
 
 
-def _short(c: dict) -> str:
-    return VERDICT.get(c["verdict"], "within noise").replace(", outside the seed spread", "")
+def _brief(c: dict) -> str:
+    """'0.113 nats lower, outside the seed spread' or '+0.003 nats, within noise'."""
+    if c["verdict"] == "within noise":
+        return f"{c['mean']:+.3f} nats, within noise"
+    word = "lower" if c["verdict"] == "A lower" else "higher"
+    return f"{abs(c['mean']):.3f} nats {word}, outside the seed spread"

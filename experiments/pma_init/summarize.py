@@ -48,6 +48,9 @@ COMPARISONS = (  # (A, B): A - B
     ("pma_newest", "x30"),
     ("last_newest", "x30"),
     ("x10", "clean"),
+    ("x30", "clean"),
+    ("pma_fresh", "pma_newest"),
+    ("last_fresh", "last_newest"),
 )
 INITS = {
     "latest": "latest (checkpoint-480)",
@@ -199,11 +202,16 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
+def verdict_words(c: dict) -> str:
+    word = {"A lower": "lower", "B lower": "higher"}.get(c["verdict"])
+    return f"**{word}, outside the seed spread**" if word else "**within noise**"
+
+
 def cmp_cell(c: dict) -> str:
     lo, hi = c["ci95"]
     return (
         f"{c['mean']:+.4f} [{lo:+.4f}, {hi:+.4f}], A lower on {c['a_lower_on']}/{c['n']}: "
-        f"**{c['verdict']}**"
+        f"{verdict_words(c)}"
     )
 
 
@@ -282,11 +290,9 @@ def init_md(s: dict) -> str:
 
 def _say(c: dict, what: str) -> str:
     lo, hi = c["ci95"]
-    word = {"A lower": "lower", "B lower": "higher"}.get(c["verdict"])
-    verdict = f"**{word}, outside the seed spread**" if word else "**within noise**"
     return (
         f"{what}: {c['mean']:+.4f} [{lo:+.4f}, {hi:+.4f}], lower on {c['a_lower_on']}/{c['n']} "
-        f"seeds: {verdict}"
+        f"seeds: {verdict_words(c)}"
     )
 
 
@@ -298,6 +304,12 @@ def verdicts_md(s: dict) -> str:
         c = {(x["a"], x["b"], x["metric"]): x for x in r["comparisons"]}
         at = f"spike at update {sc[2:]}"
         lines += [
+            "- " + _say(c["x30", "clean", "val_600"], f"{at}, no intervention minus the clean run, "
+                        "val @ 600"),
+            "- " + _say(c["pma_fresh", "pma_newest", "val_first"], f"{at}, PMA-init with a fresh "
+                        f"minus with the kept AdamW state, val @ {b + 10}"),
+            "- " + _say(c["last_fresh", "last_newest", "val_first"], f"{at}, last checkpoint with a "
+                        f"fresh minus with the kept AdamW state, val @ {b + 10}"),
             "- " + _say(r["start_val_pma_minus_last"], f"{at}, the merge minus checkpoint-{b} "
                         "before any training"),
             "- " + _say(c["pma_fresh", "x30", "val_600"], f"{at}, PMA-init (fresh AdamW) minus no "
@@ -373,7 +385,25 @@ def figures(seeds: list[dict], s: dict) -> None:
         _band(ax, steps, [[val_at(x["runs"][key])[st] for x in seeds] for st in steps], label, **kw)
 
     scs = list(s["recovery"])
-    fig, axes = plt.subplots(1, len(scs), figsize=(6.5 * len(scs), 4.5), squeeze=False)
+    fig, axes = plt.subplots(2, len(scs), figsize=(6.5 * len(scs), 8.5), squeeze=False)
+    for ax, sc in zip(axes[1], scs, strict=True):
+        base = f"{sc}_last_newest"
+        steps = seeds[0]["runs"][base]["val_steps"]
+        for a, color in COLORS.items():
+            if a != "last_newest" and f"{sc}_{a}" in seeds[0]["runs"]:
+                diffs = [
+                    [
+                        val_at(x["runs"][f"{sc}_{a}"])[st] - val_at(x["runs"][base])[st]
+                        for x in seeds
+                    ]
+                    for st in steps
+                ]
+                _band(ax, steps, diffs, f"{ARMS[a]} − rollback", color=color)
+        ax.axhline(0, color="k", lw=0.5)
+        ax.set_ylim(-0.05, 0.15)
+        ax.set_title("paired difference to the rollback (= clean run); mean ± std over seeds")
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
     for ax, sc in zip(axes[0], scs, strict=True):
         b = s["recovery"][sc]["branch"]
         for a, color in COLORS.items():
