@@ -180,16 +180,20 @@ def merge_dcp_table() -> str:
     n, gb = r["checkpoints"], r["gb_per_checkpoint"]
     head = f"job ({n} DCP checkpoints of {gb:.2f} GB, {r['layout']})"
     cmp = r["ours_vs_alternative"]
+    busy = r["load_average_before"][0] > r["machine"]["cpus"]
     return (
         _table([head, "wall (s)", "CPU (s)", "peak RSS (GB)"], rows)
-        + f"\n\nMeasured {r['date_utc']} on {r['machine']['cpus']} CPUs shared with other jobs "
+        + f"\n\nMeasured {r['date_utc']} on {r['machine']['cpus']} CPUs "
         f"(load average {r['load_average_before'][0]:.1f} before, "
-        f"{r['load_average_after'][0]:.1f} after: absolute times are inflated). "
+        f"{r['load_average_after'][0]:.1f} after"
+        + ("; shared with other jobs: absolute times are inflated). " if busy else "). ")
         + (
             "The two merged checkpoints are identical, bit for bit."
             if cmp["max_abs"] == 0
             else f"The two merged checkpoints differ by at most {cmp['max_abs']:.2g} "
-            f"({cmp['share_differ']:.2%} of elements)."
+            f"({cmp['share_differ']:.2%} of elements), a rounding difference: the "
+            "alternative's `add_(x, alpha=w)` fuses the multiply-add and pmalopti rounds the "
+            "product first (docs/merge.md)."
         )
     )
 

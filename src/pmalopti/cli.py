@@ -22,8 +22,6 @@ import pkgutil
 import sys
 import traceback
 
-import yaml
-
 from pmalopti import __version__, commands
 from pmalopti.errors import UserError
 
@@ -65,7 +63,10 @@ def describe(exc: BaseException) -> str | None:
         return f"a number is too large: {exc}"
     if isinstance(exc, MemoryError):
         return "out of memory (is an input or a setting far larger than intended?)"
-    if isinstance(exc, UserError | ValueError | yaml.YAMLError):
+    # yaml is imported by the commands that read YAML (not by `merge`, which stays light): an
+    # error can only be a YAMLError if yaml was imported
+    yaml = sys.modules.get("yaml")
+    if isinstance(exc, UserError | ValueError) or (yaml and isinstance(exc, yaml.YAMLError)):
         return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -233,6 +234,10 @@ def run(args) -> int:
         )
         print(f"merged checkpoint ({args.format or 'dcp'}, {dcp_ckpts[-1].layout}): {out}")
         return 0
+    if "numpy" not in sys.modules:
+        # The merge calls no BLAS; numpy's OpenBLAS would start a thread per core at import,
+        # spinning for a while on the cores the merge threads need (~50 ms of a 1 s merge).
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     from pmalopti.pma.streaming import merge_checkpoints
 
     merge_checkpoints(
