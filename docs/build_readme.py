@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "docs")]
 
-from docgen import blocks, cli_tables, configs, layout, results  # noqa: E402
+from docgen import blocks, cli_tables, configs, layout, pma_init, results  # noqa: E402
 
 PARTS = ROOT / "docs" / "readme"
 README = ROOT / "README.md"
@@ -33,7 +33,8 @@ RENDERERS = {
     "results": lambda args: results.readme_results(),
     "pma_grid": lambda args: results.pma_grid_table(*args),
     "pma_tiny": lambda args: results.pma_tiny_table(),
-    "spike": lambda args: results.spike_table(),
+    "pma_init_spike": lambda args: pma_init.spike_table(*args),
+    "pma_init_ct_sft": lambda args: pma_init.ct_sft_table(),
     "rl_kk": lambda args: results.rl_table(args),
     "rl_fig1": lambda args: results.rl_fig1_table(args),
     "rl_effect": lambda args: results.rl_effect_table(),

@@ -1,7 +1,7 @@
 """Result tables and sentences, every number read from a committed result file.
 
 Sources: `experiments/pma_grid/results/<tag>/summary.json`, `experiments/pma_tiny/pma.json`,
-`experiments/loss_spike_recovery/logs/*.jsonl`, `experiments/rl_kk/summary_<task>.json`,
+`experiments/pma_init/summary.json` (docgen/pma_init.py), `experiments/rl_kk/summary_<task>.json`,
 `experiments/<name>/summary*.json` of newer experiments, and `benchmarks/results/*.json`.
 A missing file is an error naming it: a page that cites a result needs the result committed.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import statistics
 
-from docgen import common
+from docgen import common, pma_init
 from docgen.bench import (  # noqa: F401  (re-exported for the generator)
     MERGE_BENCH,
     _section,
@@ -24,7 +24,7 @@ from docgen.bench import (  # noqa: F401  (re-exported for the generator)
     reward_worst_case,
     threads_benchmark,
 )
-from docgen.common import _jsonl, _pm, _table, load
+from docgen.common import _pm, _table, load
 
 GRID_METHODS = (("sma", "SMA"), ("ema:0.1", "EMA α=0.1"), ("ema:0.2", "EMA α=0.2"), ("wma", "WMA"))
 GRID_N, GRID_V = 10, 20  # the grid's declared headline merge (experiments/pma_grid/README.md)
@@ -87,69 +87,13 @@ def pma_grid_sentence(tag: str = "lr1e-2") -> str:
     )
 
 
-# --- pretrain report, spike recovery -------------------------------------------------------------
+# --- pretrain report ---------------------------------------------------------------------------
 
 
 def pma_tiny_table() -> str:
     from pmalopti.pma.report import pma_table
 
     return pma_table(load("experiments/pma_tiny/pma.json")).strip()
-
-
-SPIKE_RUNS = (
-    ("original", "original run (no intervention)"),
-    ("pma", "PMA-init (SMA of 4), fresh AdamW"),
-    ("pma-newest", "PMA-init (SMA of 4), optimizer state kept"),
-    ("last", "last checkpoint, fresh AdamW"),
-)
-
-
-def _spike_rows() -> tuple[int, int, list[list[str]]]:
-    logs = {k: _jsonl(f"experiments/loss_spike_recovery/logs/{k}.jsonl") for k, _ in SPIKE_RUNS}
-    start = min(r["step"] for r in logs["pma"])
-    end = min(max(r["step"] for r in rows) for rows in logs.values())
-    out = []
-    for key, label in SPIKE_RUNS:
-        seg = [r for r in logs[key] if start <= r["step"] <= end]
-        first = seg[0]["loss"]
-        mean = statistics.fmean(r["loss"] for r in seg)
-        val = [r["val_loss"] for r in seg if r.get("val_loss") is not None]
-        out.append(
-            [
-                label,
-                f"{first:.4f}",
-                f"{mean:.4f}",
-                f"{max(r['loss'] for r in seg):.4f}",
-                f"{val[-1]:.4f}" if val else "–",
-            ]
-        )
-    return start, end, out
-
-
-def spike_table() -> str:
-    start, end, rows = _spike_rows()
-    return _table(
-        [
-            "run",
-            f"train loss @ {start}",
-            f"mean train loss {start}–{end}",
-            "max",
-            f"last val loss (≤ {end})",
-        ],
-        rows,
-    )
-
-
-def spike_sentence() -> str:
-    _, end, rows = _spike_rows()
-    by = {r[0]: r for r in rows}
-    orig, fresh, kept = (by[label] for _, label in SPIKE_RUNS[:3])
-    return (
-        f"resuming from the merge of the 4 checkpoints before the largest loss bump starts lower "
-        f"({fresh[1]} vs {orig[1]}) but does not end consistently better: validation loss by step "
-        f"{end} {fresh[4]} (fresh AdamW) and {kept[4]} (optimizer state kept) vs {orig[4]} for the "
-        f"original run, a mixed result"
-    )
 
 
 # --- RL ----------------------------------------------------------------------------------------
@@ -316,8 +260,7 @@ def readme_results() -> str:
     lines = [
         "**PMA, tiny pre-training runs** ([experiments](docs/experiments.md))",
         f"- [PMA grid](experiments/pma_grid/README.md): {pma_grid_sentence()}.",
-        f"- [Loss-spike recovery](experiments/loss_spike_recovery/README.md): {spike_sentence()}"
-        " (a bump, not a spike: the tiny model would not spike).",
+        f"- [PMA-init](experiments/pma_init/README.md): {pma_init.sentence()}.",
         "",
         "**AR and Lopti for GRPO, tiny models** ([every seed](experiments/rl_kk/README.md))",
         f"- The paper's Fig. 1 reproduces: {fig1}.",
