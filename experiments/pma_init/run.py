@@ -1,6 +1,7 @@
 """PMA-init, seed by seed: loss-spike recovery (a) and continued training / SFT (b).
 
     OMP_NUM_THREADS=1 python experiments/pma_init/run.py --seeds 0 1 2 3 4 --work runs/pma_init
+    OMP_NUM_THREADS=1 python experiments/pma_init/run.py --corrupt --seeds 0 1 2 3 4 --work runs/c
     python experiments/pma_init/summarize.py
 
 Per seed, with the pmalopti commands (in this process, one after the other, one torch thread):
@@ -20,6 +21,9 @@ Per seed, with the pmalopti commands (in this process, one after the other, one 
     390..480 with SMA, WMA and EMA alpha = 0.2, and start continued training on the K&K corpus
     (`ct.yaml`) and SFT on 1-2 digit additions (`sft.yaml`) from each merge and from
     checkpoint-480 (latest).
+`--corrupt` runs only a corrupted-batch spike per seed (3 batches of random tokens at updates
+421-423, `train.inject_spike.batch: random_tokens`, left alone, and `recover` without --resume) into
+`results/corrupt_seed<S>.json`.
 Writes `results/seed<S>.json` (every logged loss of every run, the detected spike, the merges'
 weights, wall times). `--prune` deletes each seed's checkpoints once its JSON is written.
 """
@@ -211,6 +215,34 @@ def run_seed(seed: int, work: Path) -> dict:
     return out
 
 
+def run_corrupt(seed: int, work: Path) -> dict:
+    """The corrupted-batch spike: 3 batches of random tokens at updates 421-423, left alone;
+    `recover` (merge only) must find it at its first step and merge checkpoints before it."""
+    w = work / f"s{seed}"
+    if w.exists():
+        shutil.rmtree(w)
+    run = w / "at421_random"
+    pre = ["--config", HERE / "pretrain.yaml", "--set", f"seed={seed}", "-o", run]
+    cli(
+        "pretrain",
+        *pre,
+        "--set",
+        "train.inject_spike.step=421",
+        "--set",
+        "train.inject_spike.lr_factor=1",
+        "--set",
+        "train.inject_spike.batch=random_tokens",
+    )
+    cli("recover", "--run-dir", run, "--last", 10, "-o", w / "at421_random.merged")
+    merge = json.loads((w / "at421_random.merged" / "pmalopti_merge.json").read_text())
+    return {
+        "seed": seed,
+        "spike_step": merge["spike_step"],
+        "merged_steps": [i["step"] for i in merge["inputs"]],
+        "runs": {"at421_random": log_of(run)},
+    }
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -220,15 +252,21 @@ def main(argv: list[str]) -> int:
     p.add_argument(
         "--prune", action="store_true", help="delete a seed's run folders after its JSON"
     )
+    p.add_argument(
+        "--corrupt",
+        action="store_true",
+        help="only the corrupted-batch run per seed -> results/corrupt_seed<S>.json",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     RESULTS.mkdir(exist_ok=True)
     for seed in args.seeds:
         print(f"seed {seed}", flush=True)
         t0 = time.perf_counter()
-        res = run_seed(seed, args.work)
-        res["wall_s"]["total"] = time.perf_counter() - t0
-        (RESULTS / f"seed{seed}.json").write_text(json.dumps(res) + "\n")
+        res = run_corrupt(seed, args.work) if args.corrupt else run_seed(seed, args.work)
+        res["wall_s"] = {**res.get("wall_s", {}), "total": time.perf_counter() - t0}
+        name = f"corrupt_seed{seed}.json" if args.corrupt else f"seed{seed}.json"
+        (RESULTS / name).write_text(json.dumps(res) + "\n")
         print(f"seed {seed} done in {res['wall_s']['total']:.0f}s", flush=True)
         if args.prune:
             shutil.rmtree(args.work / f"s{seed}")

@@ -118,6 +118,31 @@ def task_metrics(run: dict, steps: int) -> dict[str, float]:
     }
 
 
+def corrupt_summary(seeds: list[dict]) -> dict | None:
+    """The random-token spike (results/corrupt_seed<S>.json) against the same seed's clean run."""
+    files = {int(p.stem[12:]): p for p in RESULTS.glob("corrupt_seed*.json")}
+    if not files or set(files) != {s["seed"] for s in seeds}:
+        return None  # absent or incomplete: reported only when every seed has it
+    rows = [json.loads(files[s["seed"]].read_text()) for s in seeds]
+    branch = 420
+    per = {
+        "random": [recovery_metrics(r["runs"]["at421_random"], branch) for r in rows],
+        "clean": [recovery_metrics(s["runs"]["clean"], branch) for s in seeds],
+    }
+    metrics = ("val_first", "val_mean_stable", "val_600")
+    return {
+        "injected_updates": [421, 423],
+        "detected_spike_steps": [r["spike_step"] for r in rows],
+        "merged_steps": [r["merged_steps"] for r in rows],
+        "arms": {a: {m: mean_std([x[m] for x in v]) for m in v[0]} for a, v in per.items()},
+        "comparisons": [
+            {"a": "random", "b": "clean", "metric": m,
+             **paired([x[m] for x in per["random"]], [x[m] for x in per["clean"]])}
+            for m in metrics
+        ],
+    }  # fmt: skip
+
+
 def load_seeds() -> list[dict]:
     files = sorted(RESULTS.glob("seed*.json"), key=lambda p: int(p.stem[4:]))
     if not files:
@@ -162,6 +187,9 @@ def summarize(seeds: list[dict]) -> dict:
                 for m in ("val_first", "val_mean_stable", "val_600")
             ],
         }
+    corrupt = corrupt_summary(seeds)
+    if corrupt:
+        out["corrupt_batch"] = corrupt
     init_val = {k: [s["init_val"][k] for s in seeds] for k in INITS}
     out["pma_init"]["init_val"] = {k: mean_std(v) for k, v in init_val.items()}
     out["pma_init"]["init_val_vs_latest"] = {
@@ -253,6 +281,25 @@ def recovery_md(s: dict, sc: str, pairs: bool = True) -> str:
     )
 
 
+def corrupt_md(s: dict) -> str:
+    c = s["corrupt_batch"]
+    steps = sorted(set(c["detected_spike_steps"]))
+    merged = sorted({(m[0], m[-1]) for m in c["merged_steps"]})
+    labels = {"random": "3 random-token batches (421–423), left alone", "clean": ARMS["clean"]}
+    rows = [
+        [labels[a], *(pm(m[k]) for k in ("val_first", "val_mean_stable", "val_600")),
+         pm(m["max_train_loss"], 2)]
+        for a, m in c["arms"].items()
+    ]  # fmt: skip
+    return (
+        "**A corrupted batch instead** (`train.inject_spike.batch: random_tokens`, LR unchanged): "
+        f"`recover` detected it at step(s) {', '.join(map(str, steps))} and would merge checkpoints "
+        + ", ".join(f"{a}–{b}" for a, b in merged)
+        + ".\n\n"
+        + table(["run", "val @ 430", "mean val 430–480", "val @ 600", "max train loss > 420"], rows)
+    )
+
+
 def task_md(s: dict, task: str, pairs: bool = True) -> str:
     t = s["pma_init"][task]
     steps = t["steps"]
@@ -328,6 +375,13 @@ def verdicts_md(s: dict) -> str:
                 "- " + _say(c["x10", "clean", "val_600"], f"{at}, a 10× spike left alone minus the "
                             "clean run, val @ 600")
             )  # fmt: skip
+    if "corrupt_batch" in s:
+        c = {x["metric"]: x for x in s["corrupt_batch"]["comparisons"]}
+        what = "3 random-token batches at updates 421–423, left alone, minus the clean run"
+        lines += [
+            "- " + _say(c["val_first"], f"{what}, val @ 430"),
+            "- " + _say(c["val_600"], f"{what}, val @ 600"),
+        ]
     for task, (label, steps) in TASKS.items():
         t = s["pma_init"][task]
         for x in t["comparisons"]:
@@ -468,6 +522,7 @@ def fill_readme(s: dict) -> None:
                 f"**Spike at update {sc[2:]}.** " + recovery_md(s, sc, pairs=False) + "\n"
                 for sc in s["recovery"]
             ),
+            *([corrupt_md(s) + "\n"] if "corrupt_batch" in s else []),
             "### (b) PMA-init for continued training and SFT\n",
             "The starting models (validation loss on the pre-training validation blocks):\n",
             init_md(s) + "\n",
