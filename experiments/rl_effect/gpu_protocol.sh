@@ -9,8 +9,9 @@
 # demonstrations, half the answers with every carry dropped), with:
 #   - a ~19M-parameter model (hidden 384, 8 layers, 6 heads) instead of 1M, bfloat16 autocast;
 #   - 3-4 digit sums instead of 2-3 (longer answers: more carry digits, more low-probability tokens);
-#   - pre-training 1,500 steps of 64 x 64 tokens, SFT 3,000 steps of 256 (a checkpoint every 250);
-#   - the start model picked by `--base-step auto` (run.py's pick_start on the SFT scan: of the
+#   - pre-training 400 steps (run.py's PRETRAIN_STEP) of 64 x 64 tokens, SFT 3,000 steps of 256
+#     (a checkpoint every 250);
+#   - the start model picked by `--base-step auto` (carry.py's pick_start on the SFT scan: of the
 #     checkpoints at 30-50 % held-out accuracy, the one answering the most carry sums with the
 #     no-carry sum); if none is in the band the script stops there and says so;
 #   - GRPO 32 prompts x 8 samples, 200 steps, 4 variants x 3 seeds, 4 runs at a time on the GPU.
