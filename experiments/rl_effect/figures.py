@@ -8,7 +8,13 @@ from pathlib import Path
 
 BUCKETS = ("p<0.25", "0.25<=p<0.5", "0.5<=p<0.75", "p>=0.75")
 BUCKET_NAMES = ("π_old < 0.25", "0.25–0.5", "0.5–0.75", "≥ 0.75")
-NAMES = {"grpo": "GRPO", "ar": "+AR (α 0.3)", "lopti": "+Lopti (η 0.5)", "ar_lopti": "+AR+Lopti"}
+NAMES = {
+    "grpo": "GRPO",
+    "ar": "+AR (α 0.3)",
+    "lopti": "+Lopti (η 0.5)",
+    "ar_lopti": "+AR+Lopti",
+    "grpo_2sweeps": "GRPO, 2 sweeps (control)",
+}
 
 
 def _mean(xs: list[float]) -> float:

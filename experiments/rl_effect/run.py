@@ -58,6 +58,9 @@ VARIANTS: dict[str, list[str]] = {
     "ar": ["algo.alpha=0.3", "algo.eta=null"],
     "lopti": ["algo.alpha=0.0", "algo.eta=0.5"],
     "ar_lopti": ["algo.alpha=0.3", "algo.eta=0.5"],
+    # a control, not one of the paper's variants: plain GRPO with two sweeps over each rollout
+    # batch, i.e. Lopti's number of optimizer steps (Lopti: one sweep per pass, two passes)
+    "grpo_2sweeps": ["algo.alpha=0.0", "algo.eta=null", "algo.ppo_epochs=2"],
 }
 # The regime search (plain GRPO unless a setting says otherwise): overrides of grpo.yaml, seed 0.
 # Round 1 started from the clean SFT (runs/rl_effect/sft: `--noise 0 --base-step 2750` rebuilds
