@@ -26,7 +26,7 @@ from figures import (
 
 KEEP = ("step", "accuracy", "reward/mean", "response_length/mean", "actor/grad_norm", "time/step")
 KEEP_PREFIX = ("eval/", "diag/", "lopti/", "actor/entropy")
-RUN = re.compile(r"^(?P<variant>[a-z_]+)-s(?P<seed>\d+)\.jsonl$")
+RUN = re.compile(r"^(?P<variant>[a-z0-9_]+)-s(?P<seed>\d+)\.jsonl$")
 
 
 # --- logs ---------------------------------------------------------------------------------------
