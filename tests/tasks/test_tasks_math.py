@@ -17,6 +17,10 @@ from pmalopti.tasks import get_task, trl_reward
 from pmalopti.tasks.math import extract_answer, last_boxed, reference_answer
 
 # Our own problems, GSM8K-style (worked solution ending in "#### n") and MATH-style (boxed).
+# The deadline is tested in tests/tasks/test_math_deadline.py; tests of what counts as equal use a
+# generous one, so that a loaded machine (a miss counts as wrong) cannot fail them.
+SEMANTICS_TIMEOUT_S = 20.0
+
 GSM = [
     {
         "question": "A baker fills 7 trays with 12 rolls each and sells 30 rolls. How many are left?",
@@ -93,11 +97,12 @@ def test_reference_answers_come_from_hashes_boxes_or_the_text_itself():
     ],
 )
 def test_reward_is_one_exactly_when_math_verify_finds_the_answer_equal(sample, response, reward):
-    assert get_task("math").reward(response, sample) == reward
+    # equality semantics, not the deadline: a generous one, so a loaded machine cannot fail it
+    assert get_task("math", timeout_s=SEMANTICS_TIMEOUT_S).reward(response, sample) == reward
 
 
 def test_answer_format_any_accepts_an_unboxed_final_answer():
-    task = get_task("math", answer_format="any")
+    task = get_task("math", answer_format="any", timeout_s=SEMANTICS_TIMEOUT_S)
     assert task.reward("the answer is 4", MATH[2]) == 1.0
     assert task.reward("the answer is 5", MATH[2]) == 0.0
     with pytest.raises(ValueError, match="answer_format"):
@@ -141,7 +146,7 @@ def test_loader_errors_name_the_row_and_the_missing_field(tmp_path, gsm_file):
 
 
 def test_trl_adapter_scores_math_completions(gsm_file):
-    task = get_task("math", path=gsm_file, problem_key="question")
+    task = get_task("math", path=gsm_file, problem_key="question", timeout_s=SEMANTICS_TIMEOUT_S)
     rows = task.samples()
     fn = trl_reward(task)
     assert fn(["#### 54", "#### 54"], answer=[r["answer"] for r in rows]) == [1.0, 0.0]
@@ -157,7 +162,7 @@ def test_hostile_megabyte_responses_are_scored_fast():
     ]:
         start = time.perf_counter()
         assert task.reward(text, MATH[2]) in (0.0, 1.0)
-        assert time.perf_counter() - start < 3.0  # catastrophic backtracking would take minutes
+        assert time.perf_counter() - start < 15.0  # catastrophic backtracking would take minutes
 
 
 @settings(max_examples=60, deadline=None)
