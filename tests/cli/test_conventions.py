@@ -55,7 +55,7 @@ def test_training_commands_start_from_weights_with_init_from(command):
 @pytest.mark.parametrize("command", ["merge", "recover"])
 def test_merge_methods_are_spelt_method_and_alpha(command):
     text = _help(command)
-    assert "--method {sma,wma,ema}" in text and "--alpha" in text
+    assert "--method {sma,ema,wma}" in text and "--alpha" in text
 
 
 @pytest.mark.parametrize(("command", "old"), [("grpo", "--output-dir"), ("demo", "--out")])

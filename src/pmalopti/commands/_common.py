@@ -14,12 +14,12 @@ from __future__ import annotations
 import argparse
 
 from pmalopti.pma.spec import MergeSpec
+from pmalopti.pma.weights import METHODS
 
 FORCE_HELP = (
     "replace OUT if pmalopti wrote it (never ., a parent folder, an input, or a folder without "
     "pmalopti's marker); a training run then starts from an empty folder"
 )
-METHODS = ("sma", "wma", "ema")
 
 
 def add_output(
@@ -105,7 +105,7 @@ class _MethodAction(argparse.Action):
 
 
 def add_merge_method(parser, *, default: str | None = "sma") -> None:
-    """`--method {sma,wma,ema}` and `--alpha A` (EMA's weight of the newest checkpoint)."""
+    """`--method {sma,ema,wma}` and `--alpha A` (EMA's weight of the newest checkpoint)."""
     parser.add_argument(
         "--method",
         action=_MethodAction,
