@@ -42,7 +42,7 @@ def test_an_old_grpo_log_jsonl_is_continued_as_metrics_jsonl(tmp_path):
 
 def test_a_malformed_line_is_named_by_file_and_line(tmp_path):
     (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n[1, 2]\n')
-    with pytest.raises(ValueError, match=r"metrics\.jsonl:2: expected a JSON object"):
+    with pytest.raises(ValueError, match=r"metrics\.jsonl: line 2: expected a JSON object"):
         read_metrics(tmp_path)
 
 

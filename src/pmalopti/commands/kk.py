@@ -8,10 +8,11 @@ pmalopti kk score --data test.parquet --responses responses.jsonl
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections import defaultdict
 from pathlib import Path
+
+from pmalopti.runtime.fs import iter_jsonl
 
 
 def register(subparsers) -> None:
@@ -106,20 +107,8 @@ def _read_responses(path: Path, field: str, n_rows: int) -> list[tuple[int, str]
         raise FileNotFoundError(f"--responses: {path} does not exist")
     out: list[tuple[int, str]] = []
     positional = 0
-    try:
-        lines = path.read_text(encoding="utf-8").split("\n")
-    except UnicodeDecodeError:
-        raise ValueError(f"--responses: {path} is not UTF-8 text") from None
-    for k, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+    for k, obj in iter_jsonl(path, f"--responses: {path}"):
         where = f"{path}: line {k}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{where}: not valid JSON ({exc.msg})") from None
-        except RecursionError:
-            raise ValueError(f"{where}: not valid JSON (nested too deep)") from None
         if isinstance(obj, str):
             row, text = positional, obj
             positional += 1

@@ -8,7 +8,6 @@ reference `target`) or a .jsonl/.parquet file with prompt and target columns.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,12 @@ from pmalopti.lm.data import batch_indices
 from pmalopti.lm.loop import LoopResult, train
 from pmalopti.lm.loss import IGNORE, evaluate_batches
 from pmalopti.runtime.device import resolve_device
-from pmalopti.runtime.fs import atomic_write_json, prepare_run_dir, removed_on_error
+from pmalopti.runtime.fs import (
+    atomic_write_json,
+    iter_jsonl,
+    prepare_run_dir,
+    removed_on_error,
+)
 from pmalopti.runtime.threads import torch_threads
 
 log = logging.getLogger(__name__)
@@ -130,18 +134,14 @@ def _read_pairs(path: Path, pf: str, tf: str) -> list[dict]:
         raise FileNotFoundError(f"data file {path} does not exist")
     try:
         if path.suffix == ".jsonl":
-            raw = [
-                json.loads(line)
-                for line in path.read_text(encoding="utf-8").splitlines()
-                if line.strip()
-            ]
+            raw = [row for _, row in iter_jsonl(path, f"data file {path}")]
         elif path.suffix == ".parquet":
             import pyarrow.parquet as pq
 
             raw = pq.read_table(path).to_pylist()
         else:
             raise ValueError(f"{path}: SFT data must be .jsonl or .parquet, got {path.suffix!r}")
-    except (UnicodeDecodeError, json.JSONDecodeError, OSError) as exc:
+    except OSError as exc:
         raise ValueError(f"cannot read data file {path}: {exc}") from None
     out = []
     for i, r in enumerate(raw):

@@ -8,7 +8,6 @@ the spike are those at steps k <= S - 2, i.e. `--until S-2` (`--until` always in
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from collections.abc import Sequence
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pmalopti.pma.select import Checkpoint, Selection, select_checkpoints, stable_steps
+from pmalopti.runtime.fs import iter_jsonl
 
 
 def until_before_spike(spike_step: int) -> int:
@@ -94,20 +94,10 @@ def read_losses(metrics_file: Path) -> tuple[list[int], list[float]]:
     """(steps, losses) of the rows of a metrics.jsonl that log a loss."""
     steps, losses = [], []
     try:
-        lines = Path(metrics_file).read_text(encoding="utf-8").split("\n")
+        rows = list(iter_jsonl(metrics_file))
     except OSError as exc:
         raise FileNotFoundError(f"{metrics_file}: cannot read ({exc.strerror or exc})") from exc
-    except UnicodeDecodeError:
-        raise ValueError(f"{metrics_file}: not UTF-8 text") from None
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{metrics_file}:{i}: not JSON ({exc})") from None
-        except RecursionError:
-            raise ValueError(f"{metrics_file}:{i}: not JSON (nested too deep)") from None
+    for i, row in rows:
         if isinstance(row, dict) and "loss" in row:
             step, loss = row.get("step"), row["loss"]
             if not isinstance(step, int) or isinstance(step, bool):

@@ -342,6 +342,31 @@ def read_json(path: str | Path, what: str = "") -> Any:
         raise UserError(f"{what or path}: JSON nested too deeply") from None
 
 
+def iter_jsonl(
+    path: str | Path, what: str = "", *, error: type[Exception] = ValueError, objects: bool = False
+) -> Iterator[tuple[int, Any]]:
+    """(line number, value) of each non-blank line of a JSON Lines file. Text that is not UTF-8, a
+    line that is not JSON (or, with `objects`, not a JSON object) raises `error` naming the file
+    (or `what`) and the line."""
+    name = what or str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise error(f"{name}: not UTF-8 text") from None
+    for k, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise error(f"{name}: line {k}: not valid JSON ({exc.msg})") from None
+        except RecursionError:
+            raise error(f"{name}: line {k}: JSON nested too deep") from None
+        if objects and not isinstance(value, dict):
+            raise error(f"{name}: line {k}: expected a JSON object per line")
+        yield k, value
+
+
 def save_figure(fig, path: str | Path) -> Path:
     """Lay out a matplotlib figure, write it as a PNG atomically (creating its folder), close it."""
     import matplotlib.pyplot as plt

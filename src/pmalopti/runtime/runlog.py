@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pmalopti.errors import UserError
-from pmalopti.runtime.fs import atomic_write_text
+from pmalopti.runtime.fs import atomic_write_text, iter_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -40,23 +40,7 @@ def read_metrics(path: str | Path) -> list[dict]:
         path = metrics_path(path)
     if not path.is_file():
         raise FileNotFoundError(f"metrics log {path} does not exist")
-    rows = []
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ValueError(f"metrics log {path}: not UTF-8 text") from None
-    for i, line in enumerate(text.split("\n"), 1):
-        if line.strip():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{i}: not valid JSON ({exc})") from None
-            except RecursionError:
-                raise ValueError(f"{path}:{i}: not valid JSON (nested too deep)") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{i}: expected a JSON object per line")
-            rows.append(row)
-    return rows
+    return [row for _, row in iter_jsonl(path, f"metrics log {path}", objects=True)]
 
 
 class RunLog:

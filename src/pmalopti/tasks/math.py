@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from pmalopti.runtime.fs import iter_jsonl
 from pmalopti.tasks.base import Task, chat_prompt, register_task
 from pmalopti.tasks.math_screen import screen_answer
 from pmalopti.tasks.verify_worker import DEFAULT_TIMEOUT_S, shared_pool
@@ -120,14 +121,7 @@ def _read_rows(path: Path) -> list:
 
         return pq.read_table(path).to_pylist()
     if path.suffix == ".jsonl":
-        rows = []
-        for k, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}: line {k}: not valid JSON ({exc.msg})") from None
-        return rows
+        return [row for _, row in iter_jsonl(path)]
     if path.suffix == ".json":
         try:
             rows = json.loads(path.read_text(encoding="utf-8"))

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pmalopti.runtime.fs import iter_jsonl
 from pmalopti.tasks.base import chat_prompt
 from pmalopti.tasks.kk.parse import StatementError, Tree, format_statements, parse_statements
 from pmalopti.tasks.kk.render import SYSTEM_PROMPT, solution_text, solution_text_format
@@ -135,24 +136,7 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
 
         return pq.read_table(path).to_pylist()
     if path.suffix == ".jsonl":
-        rows = []
-        try:
-            lines = path.read_text(encoding="utf-8").split("\n")
-        except UnicodeDecodeError:
-            raise PuzzleError(f"{path}: not UTF-8 text") from None
-        for k, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise PuzzleError(f"{path}: line {k}: not valid JSON ({exc.msg})") from None
-            except RecursionError:
-                raise PuzzleError(f"{path}: line {k}: JSON nested too deep") from None
-            if not isinstance(row, dict):
-                raise PuzzleError(f"{path}: line {k}: expected a JSON object")
-            rows.append(row)
-        return rows
+        return [row for _, row in iter_jsonl(path, error=PuzzleError, objects=True)]
     raise ValueError(f"{path}: unsupported file type; use one of {SUFFIXES}")
 
 
