@@ -7,19 +7,20 @@ optimizer steps); the slow one spawns two ranks, where each local shard is half 
 
 from __future__ import annotations
 
-import contextlib
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from pmalopti.pma import merge_weights
 from pmalopti.pma.online import OnlineAverager, window_steps
 
 fsdp = pytest.importorskip("torch.distributed.fsdp")
-from torch.distributed.device_mesh import init_device_mesh  # noqa: E402
+sys.path.insert(0, str(Path(__file__).parent))
+from dcp_runs import process_group  # noqa: E402  the 2-rank gloo group the DCP tests use
 from torch.distributed.tensor import DTensor, Shard, distribute_tensor  # noqa: E402
 
 CFG = dict(method="wma", n=3, interval=2, every=4)  # overlapping windows: 0-4, 4-8, 8-12
@@ -41,15 +42,6 @@ def sgd_steps(model: nn.Module, steps: range, on_step) -> None:
         opt.step()
         opt.zero_grad()
         on_step(s)
-
-
-@contextlib.contextmanager
-def process_group(rank: int, world: int, init_file: str):
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
-        yield init_device_mesh("cpu", (world,))
-    finally:
-        dist.destroy_process_group()
 
 
 def test_fsdp2_averager_on_local_shards_equals_the_plain_module_averager(tmp_path):
